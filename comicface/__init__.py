@@ -1,0 +1,1 @@
+"""comicface: tell real face photos from comic drawings of the same faces."""

@@ -1,0 +1,80 @@
+"""Decode any image file into the fixed-size array the models see.
+
+One function, `load_image`, is used both by the dataset builder (once, at
+build time) and by prediction on new images, so both see identical pixels.
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Refuse anything larger before decoding (a "decompression bomb"). The real
+# dataset is 1024x1024; this admits images up to about 8000x8000.
+MAX_PIXELS = 64_000_000
+IMAGE_EXTENSIONS = frozenset(
+    {'.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff'})
+
+Source = Union[str, os.PathLike, bytes]
+
+
+class ImageError(ValueError):
+  """A file that cannot be turned into an image (corrupt, empty, too big)."""
+
+
+def is_image_name(name: str) -> bool:
+  """Whether a file name looks like an image (hidden files never do)."""
+  base = os.path.basename(name)
+  return not base.startswith('.') and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _to_mode(img: Image.Image, mode: str) -> Image.Image:
+  """Converts any PIL mode (16-bit, palette, alpha, CMYK...) to 'L' or 'RGB'."""
+  if img.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
+    # 16/32-bit greys: scale to 8 bits instead of clipping as convert() does.
+    a = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith('I;16') or a.max() > 255 else 255.0
+    img = Image.fromarray(np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8))
+  if img.mode == 'P':
+    img = img.convert('RGBA' if 'transparency' in img.info else 'RGB')
+  if img.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
+    # Transparent parts become white paper, as a viewer would show them.
+    rgba = img.convert('RGBA')
+    img = Image.new('RGB', rgba.size, (255, 255, 255))
+    img.paste(rgba, mask=rgba.getchannel('A'))
+  return img if img.mode == mode else img.convert(mode)
+
+
+def load_image(source: Source, size: int, mode: str) -> np.ndarray:
+  """Decodes `source` (a path or encoded bytes) to a `(size, size, C)` uint8 array.
+
+  Steps: EXIF orientation, colour conversion to `mode` ('L' or 'RGB'), a centre
+  crop to a square, and an antialiased (Lanczos) resize. JPEGs are first
+  downscaled inside the decoder (`Image.draft`), which is several times faster.
+  Raises `ImageError` for anything that is not a readable image of sane size.
+  """
+  if mode not in ('L', 'RGB'):
+    raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
+  fp = io.BytesIO(source) if isinstance(source, bytes) else source
+  try:
+    with Image.open(fp) as img:
+      w, h = img.size
+      if w * h > MAX_PIXELS:
+        raise ImageError(f'{w}x{h} image has more than {MAX_PIXELS} pixels; refused')
+      side = min(w, h)
+      if img.format == 'JPEG':
+        img.draft(mode, (size * w // side, size * h // side))
+      img = _to_mode(ImageOps.exif_transpose(img), mode)
+  except ImageError:
+    raise
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise ImageError(f'cannot decode image: {e}') from e
+  w, h = img.size
+  side = min(w, h)
+  box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)
+  img = img.crop(box).resize((size, size), Image.Resampling.LANCZOS)
+  arr = np.asarray(img, dtype=np.uint8)
+  return arr[..., None] if arr.ndim == 2 else arr

@@ -1,0 +1,38 @@
+"""Shared fixtures: small generated sources and a helper that builds from them."""
+import pathlib
+import shutil
+
+import pytest
+import tensorflow_datasets as tfds
+
+from comicface import synthetic
+from tfds_builder.comic_faces import comic_faces_dataset_builder as cfb
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DUMMY_DATA = ROOT / 'tfds_builder' / 'comic_faces' / 'dummy_data'
+REAL_SAMPLE = ROOT.parent / 'shared' / 'real_sample' / 'face2comics_v1.0.0_sample'
+
+
+def build(manual_dir, data_dir, config='rgb24', **kwargs) -> tfds.core.DatasetBuilder:
+  """Builds `comic_faces/<config>` from `manual_dir` as array_record, without TensorFlow."""
+  builder = cfb.Builder(config=config, data_dir=str(data_dir), **kwargs)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)),
+      file_format='array_record')
+  return builder
+
+
+@pytest.fixture(scope='session')
+def source_40(tmp_path_factory) -> pathlib.Path:
+  """40 generated pairs, 96 px, v2 layout; returns the outer folder (read-only use)."""
+  root = tmp_path_factory.mktemp('source_40')
+  synthetic.write_dataset(root, 40, size=96, seed=3)
+  return root
+
+
+@pytest.fixture
+def source_copy(source_40, tmp_path) -> pathlib.Path:
+  """A private copy of the inner folder of `source_40`, free to damage."""
+  dst = tmp_path / 'src'
+  shutil.copytree(source_40 / synthetic.V2_INNER, dst)
+  return dst

@@ -1,0 +1,1 @@
+"""TFDS builders of the comicface project."""

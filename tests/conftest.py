@@ -36,3 +36,24 @@ def source_copy(source_40, tmp_path) -> pathlib.Path:
   dst = tmp_path / 'src'
   shutil.copytree(source_40 / synthetic.V2_INNER, dst)
   return dst
+
+
+TINY_PAIRS = 64
+
+
+def tiny_config(**overrides):
+  """configs/default.py:runlocal shrunk to seconds: an 8/4-filter CNN on 64 generated pairs."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config('runlocal')
+  config.dataset.synthetic_pairs = TINY_PAIRS
+  config.model.filters_1, config.model.filters_2 = 8, 4
+  config.learning_rate = 1e-2
+  config.batch_size = 8
+  config.log_every_steps = 100
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config

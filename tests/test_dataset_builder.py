@@ -1,7 +1,6 @@
 """The comic_faces builder, built for real (array_record, no TensorFlow) from generated folders."""
 import collections
 import hashlib
-import io
 import json
 import pathlib
 import shutil

@@ -1,0 +1,160 @@
+"""Dataset preparation and batches: grain over the TFDS array_record data source.
+
+Batches are built from global indices, so every process sees the same global
+batch whatever the process and device counts: each epoch's permutation of
+`range(N)` is seeded by `(seed, epoch)`, cut into global batches, and each
+process reads only its own slice of each batch. A batch is therefore a pure
+function of `(seed, epoch, step)`, which is what makes resume exact.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Iterator
+
+from absl import logging
+import grain
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from comicface import synthetic
+from tfds_builder.comic_faces import comic_faces_dataset_builder as cfb
+
+Batch = dict[str, np.ndarray]
+
+
+class SourceMismatchError(RuntimeError):
+  """A built dataset exists, but from another source than the config names."""
+
+
+def builder_config(dataset_name: str) -> cfb.ComicFacesConfig:
+  """The `ComicFacesConfig` named by 'comic_faces/<config>'."""
+  name, _, config = dataset_name.partition('/')
+  configs = cfb.Builder.builder_configs
+  if name != 'comic_faces' or config not in configs:
+    raise ValueError(f'config.dataset.name={dataset_name!r} is not one of '
+                     f'{["comic_faces/" + c for c in configs]}')
+  return configs[config]
+
+
+def _source_dirs(ds: ml_collections.ConfigDict, workdir: str) -> tuple[pathlib.Path, str | None, bool]:
+  """(manual_dir, data_dir, is_stand_in) for the config."""
+  if ds.manual_dir:
+    return pathlib.Path(ds.manual_dir).expanduser(), ds.data_dir or None, False
+  # The stand-in and its build live together, one folder per generator setting.
+  root = pathlib.Path(workdir) / (
+      f'standin_{ds.synthetic_pairs}x{ds.synthetic_size}_seed{ds.synthetic_seed}')
+  return root, ds.data_dir or str(root / 'tfds'), True
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> tfds.core.DatasetBuilder:
+  """Returns the built dataset of `config.dataset`, building it on first use.
+
+  With no `manual_dir`, a synthetic stand-in is generated in the workdir first.
+  A build is reused only if it came from the same source files (fingerprint).
+  Process 0 builds first; the others then find the build (shared disk) or make
+  their own (local disks).
+  """
+  ds = config.dataset
+  manual_dir, data_dir, stand_in = _source_dirs(ds, workdir)
+  for turn in range(2):
+    if (jax.process_index() == 0) == (turn == 0):
+      if stand_in:
+        logging.warning('*' * 72 + '\n  config.dataset.manual_dir is empty: training on a GENERATED '
+                        'STAND-IN\n  (%d synthetic pairs in %s), not on the Kaggle data.\n' + '*' * 72,
+                        ds.synthetic_pairs, manual_dir)
+        if not (manual_dir / synthetic.V2_INNER / 'comics' / f'{ds.synthetic_pairs - 1}.jpg').exists():
+          synthetic.write_dataset(manual_dir, ds.synthetic_pairs, ds.synthetic_size, ds.synthetic_seed)
+      builder = _build(ds, manual_dir, data_dir)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'comicface dataset prepared, turn {turn}')
+  return builder
+
+
+def _build(ds, manual_dir: pathlib.Path, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  builder = cfb.Builder(config=builder_config(ds.name).name, data_dir=data_dir,
+                        max_bad_fraction=ds.max_bad_fraction)
+  current = cfb.fingerprint(cfb.list_items(cfb.find_root(manual_dir)))
+  if builder.is_prepared():
+    built = builder.info.metadata.get('fingerprint')
+    if built != current:
+      raise SourceMismatchError(
+          f'{builder.data_dir} holds {ds.name} built from {builder.info.metadata.get("source")}, '
+          f'but the config points at {manual_dir}, whose files differ. Use another '
+          '--config.dataset.data_dir, or delete that build to rebuild it.')
+  else:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)),
+        file_format='array_record')
+  bad = builder.info.metadata.get('bad_files', {})
+  if bad:
+    logging.warning('%d unreadable source images were skipped at build time: %s',
+                    len(bad), sorted(bad)[:10])
+  return builder
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split of the built dataset, read by global index."""
+  source: object  # a TFDS ArrayRecordDataSource
+  global_batch: int
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.source)
+
+  @property
+  def local_batch(self) -> int:
+    return self.global_batch // jax.process_count()
+
+  def _read(self, indices: np.ndarray) -> Batch:
+    """Reads this process's slice of a global batch of indices."""
+    p = jax.process_index()
+    mine = indices[p * self.local_batch:(p + 1) * self.local_batch]
+    records = self.source.__getitems__([int(i) for i in mine])
+    return {'image': np.stack([r['image'] for r in records]),
+            'label': np.asarray([r['label'] for r in records], np.int32)}
+
+
+def open_split(builder: tfds.core.DatasetBuilder, split: str | list[str], global_batch: int) -> Split:
+  """`split` may be a list ('train', 'validation') to read several as one."""
+  split = '+'.join(split) if isinstance(split, (list, tuple)) else split
+  return Split(builder.as_data_source(split), global_batch)
+
+
+def steps_per_epoch(split: Split) -> int:
+  return split.num_examples // split.global_batch
+
+
+def train_batches(split: Split, seed: int, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+  """This process's part of epoch `epoch`'s shuffled global batches, from `start_step`."""
+  order = grain.MapDataset.range(split.num_examples).shuffle(seed=hash_seed(seed, epoch))
+  batches = order.batch(split.global_batch, drop_remainder=True).map(split._read)
+  return iter(batches[start_step:].to_iter_dataset(
+      grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
+
+
+def eval_batches(split: Split) -> Iterator[Batch]:
+  """Every example once, in order, the last batch padded and masked (`mask` = 0).
+
+  Every process runs the same number of batches.
+  """
+  n, b = split.num_examples, split.global_batch
+  num_batches = -(-n // b)
+
+  def read(i: int) -> Batch:
+    indices = np.arange(i * b, (i + 1) * b)
+    batch = split._read(np.minimum(indices, n - 1))
+    p = jax.process_index()
+    batch['mask'] = (indices < n)[p * split.local_batch:(p + 1) * split.local_batch].astype(np.float32)
+    return batch
+  return iter(grain.MapDataset.range(num_batches).map(read).to_iter_dataset(
+      grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
+
+
+def hash_seed(seed: int, epoch: int) -> int:
+  """A per-epoch shuffle seed."""
+  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])

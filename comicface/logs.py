@@ -1,0 +1,56 @@
+"""What a run tells its user: a console progress line and TensorBoard events (process 0)."""
+from __future__ import annotations
+
+import pathlib
+import time
+
+from absl import logging
+import jax
+import ml_collections
+
+
+class Progress:
+  """`epoch 2/4 step 120/720 train_loss 0.1234 train_accuracy 0.9812 312.4 img/s ETA 1m23s`."""
+
+  def __init__(self, total_steps: int, global_batch: int, every: int):
+    self.total, self.batch, self.every = total_steps, global_batch, max(1, every)
+    self.t0, self.s0 = None, None
+
+  def due(self, step: int) -> bool:
+    return step % self.every == 0 or step == self.total
+
+  def log(self, step: int, epoch: int, num_epochs: int, metrics: dict[str, float]) -> None:
+    now = time.perf_counter()
+    if self.t0 is None:  # the first interval includes compilation; rates start after it
+      self.t0, self.s0 = now, step
+      rate, eta = float('nan'), '?'
+    else:
+      rate = (step - self.s0) * self.batch / max(now - self.t0, 1e-9)
+      secs = int((self.total - step) * self.batch / rate) if rate > 0 else 0
+      eta = f'{secs // 60}m{secs % 60:02d}s'
+    if jax.process_index() == 0:
+      values = ' '.join(f'{k} {v:.4f}' for k, v in metrics.items())
+      logging.info('epoch %d/%d step %d/%d %s %.1f img/s ETA %s', epoch, num_epochs, step,
+                   self.total, values, rate, eta)
+
+
+class Writer:
+  """TensorBoard scalars in `workdir/tensorboard` via tensorboardX (no TensorFlow)."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+    self._tb = None
+    if jax.process_index() == 0:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard'))
+      self._tb.add_text('config', '```\n' + str(config) + '\n```')
+
+  def scalars(self, step: int, values: dict) -> None:
+    if self._tb:
+      for k, v in values.items():
+        if isinstance(v, float):
+          self._tb.add_scalar(k, v, step)
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb:
+      self._tb.close()

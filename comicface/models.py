@@ -1,0 +1,98 @@
+"""The two studies' models, taking uint8 images and scaling them themselves.
+
+Both are plain Linen modules whose parameters are nested dicts of arrays, so a
+stack of them can be `jax.vmap`ped. Dropout is written out (not `nn.Dropout`)
+so that its rate may be a traced array, one rate per stacked trial.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def scale_inputs(images: jax.Array, method: str, dtype=jnp.float32) -> jax.Array:
+  """uint8 images to floats: 'unit' divides by 255 (the CNN study), 'imagenet'
+  subtracts the ImageNet mean and divides by its std per channel (the MLP study;
+  a grey image uses the channel average)."""
+  x = images.astype(jnp.float32) / 255.0
+  if method == 'imagenet':
+    mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
+    if x.shape[-1] == 1:
+      mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+    x = (x - mean) / std
+  elif method != 'unit':
+    raise ValueError(f"input scaling must be 'unit' or 'imagenet', got {method!r}")
+  return x.astype(dtype)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pool, stride 2, odd edges dropped (as Keras' MaxPool2D); a reshape,
+  which XLA:CPU runs much faster than `nn.max_pool`'s reduce_window."""
+  b, h, w, c = x.shape
+  x = x[:, : h // 2 * 2, : w // 2 * 2]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def dropout(x: jax.Array, rate: float | jax.Array, rng: jax.Array) -> jax.Array:
+  """Inverted dropout whose `rate` may be a traced scalar."""
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+class CNN(nn.Module):
+  """Conv(3x3) - MaxPool(2) - Conv(3x3) - MaxPool(2) - Flatten - Dropout - Dense(2)."""
+  filters_1: int = 100
+  filters_2: int = 50
+  dropout_rate: float = 0.5
+  input_scaling: str = 'unit'
+  num_classes: int = 2
+  dtype: jnp.dtype = jnp.float32  # computation; parameters stay float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False,
+               dropout_rate: float | jax.Array | None = None) -> jax.Array:
+    x = scale_inputs(images, self.input_scaling, self.dtype)
+    for filters in (self.filters_1, self.filters_2):
+      x = nn.Conv(filters, (3, 3), padding='VALID', dtype=self.dtype)(x)
+      x = max_pool_2x2(nn.relu(x))
+    x = x.reshape(x.shape[0], -1)
+    if train:
+      rate = self.dropout_rate if dropout_rate is None else dropout_rate
+      x = dropout(x, rate, self.make_rng('dropout'))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class MLP(nn.Module):
+  """Flatten - (Dense - ReLU) per hidden size - Dense(2)."""
+  hidden: Sequence[int] = (128, 128)
+  input_scaling: str = 'imagenet'
+  num_classes: int = 2
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False,
+               dropout_rate: float | jax.Array | None = None) -> jax.Array:
+    del train, dropout_rate  # no dropout in the MLP study
+    x = scale_inputs(images, self.input_scaling, self.dtype)
+    x = x.reshape(x.shape[0], -1)
+    for width in self.hidden:
+      x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+MODELS = {'cnn': CNN, 'mlp': MLP}
+
+
+def create_model(config) -> nn.Module:
+  """The module named by `config.model.name`, from its fields and `config.dtype`."""
+  fields = dict(config.model)
+  name = fields.pop('name')
+  if 'hidden' in fields:
+    fields['hidden'] = tuple(fields['hidden'])
+  return MODELS[name](dtype=jnp.dtype(config.dtype), **fields)

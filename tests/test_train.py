@@ -1,0 +1,177 @@
+"""The whole training loop for real, on generated data: train, resume, evaluate, predict."""
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from comicface import inference, synthetic, train
+from conftest import REAL_SAMPLE, ROOT, TINY_PAIRS, tiny_config
+from tfds_builder.comic_faces import comic_faces_dataset_builder as cfb
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """One tiny CNN run of 3 epochs; returns (config, workdir, results)."""
+  workdir = str(tmp_path_factory.mktemp('trained'))
+  config = tiny_config(num_epochs=3)
+  return config, workdir, train.train_and_evaluate(config, workdir)
+
+
+def test_training_learns_and_writes_results(trained):
+  _, workdir, results = trained
+  assert results['test_accuracy'] >= 0.9
+  test_pairs = sum(cfb.split_of(str(i)) == 'test' for i in range(TINY_PAIRS))
+  assert results['num_test_examples'] == 2 * test_pairs  # every test image once
+  for key in ('test_loss', 'best_epoch', 'best_val_accuracy', 'config'):
+    assert key in results
+  history = results['history']
+  assert [h['epoch'] for h in history] == [1, 2, 3]
+  assert history[-1]['train_loss'] < history[0]['train_loss']
+  on_disk = json.loads((pathlib.Path(workdir) / 'results.json').read_text())
+  assert on_disk['test_accuracy'] == results['test_accuracy']
+  assert on_disk['config']['model']['filters_1'] == 8
+  assert list((pathlib.Path(workdir) / 'tensorboard').glob('events.out.tfevents.*'))
+
+
+def test_checkpoints_keep_latest_and_best(trained):
+  _, workdir, results = trained
+  steps = sorted(int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints').iterdir() if p.name.isdigit())
+  spe = results['history'][0]['step']
+  assert spe * 3 in steps and results['best_step'] in steps  # latest and best both kept
+  assert len(steps) <= 3
+
+
+def test_rerun_on_finished_workdir_only_reports(trained):
+  config, workdir, results = trained
+  before = sorted(p.name for p in (pathlib.Path(workdir) / 'checkpoints').iterdir())
+  assert train.train_and_evaluate(config, workdir) == json.loads(json.dumps(results))
+  assert sorted(p.name for p in (pathlib.Path(workdir) / 'checkpoints').iterdir()) == before
+
+
+def test_evaluate_reproduces_test_accuracy(trained):
+  config, workdir, results = trained
+  evaluation = inference.evaluate(config, workdir)
+  assert evaluation['test_accuracy'] == results['test_accuracy']
+  assert evaluation['test_loss'] == pytest.approx(results['test_loss'], rel=1e-6)
+  assert evaluation['num_test_examples'] == results['num_test_examples']
+  assert json.loads((pathlib.Path(workdir) / 'evaluation.json').read_text())['step'] == results['best_step']
+
+
+def test_evaluate_other_step_and_split(trained):
+  config, workdir, results = trained
+  first = results['history'][0]['step']
+  if first not in [int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints').iterdir() if p.name.isdigit()]:
+    first = results['history'][-1]['step']
+  out = inference.evaluate(config, workdir, split='validation', step=first)
+  record = next(h for h in results['history'] if h['step'] == first)
+  assert out['test_accuracy'] == pytest.approx(record['val_accuracy'])
+  with pytest.raises(inference.NoCheckpointError, match='no checkpoint at step 12345'):
+    inference.evaluate(config, workdir, step=12345)
+
+
+def test_predict_labels_images_and_reports_unreadable(trained, tmp_path):
+  config, workdir, _ = trained
+  for i in range(4):
+    face, comic = synthetic.render_pair(seed=99, index=i, size=200)
+    (tmp_path / f'face{i}.jpg').write_bytes(face)
+    (tmp_path / f'comic{i}.jpg').write_bytes(comic)
+  (tmp_path / 'broken.jpg').write_bytes(b'not a jpeg')
+  out = io.StringIO()
+  errors = inference.predict(config, workdir, [str(tmp_path / '*.jpg'), str(tmp_path / 'missing.png')], out)
+  lines = dict(line.split('\t', 1) for line in out.getvalue().splitlines())
+  assert errors == 2 and len(lines) == 10
+  assert lines[str(tmp_path / 'broken.jpg')].startswith('error\t')
+  assert lines[str(tmp_path / 'missing.png')].startswith('error\t')
+  right = sum(lines[str(tmp_path / f'{kind}{i}.jpg')].split('\t')[0] == kind
+              for kind in ('face', 'comic') for i in range(4))
+  assert right >= 7
+  for kind in ('face', 'comic'):
+    label, p = lines[str(tmp_path / f'{kind}0.jpg')].split('\t')
+    assert (float(p) >= 0.5) == (label == 'face')
+
+
+def test_evaluate_without_checkpoint_fails(tmp_path):
+  with pytest.raises(inference.NoCheckpointError, match='holds no checkpoint'):
+    inference.evaluate(tiny_config(), str(tmp_path))
+
+
+def test_resume_after_stop_continues_from_saved_step(tmp_path):
+  """A run stopped after epoch 1, rerun for 2 epochs, ends where an unstopped run does."""
+  stopped = str(tmp_path / 'stopped')
+  first = train.train_and_evaluate(tiny_config(num_epochs=1), stopped)
+  (pathlib.Path(stopped) / 'results.json').unlink()  # as if stopped before the end
+  resumed = train.train_and_evaluate(tiny_config(num_epochs=2), stopped)
+  straight = train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path / 'straight'))
+  assert resumed['history'][0] == first['history'][0]
+  assert resumed['history'][1]['step'] == 2 * first['history'][0]['step']
+  for a, b in zip(resumed['history'], straight['history']):
+    assert a == pytest.approx(b, rel=1e-5)
+
+
+def _main(*args, env=None, timeout=300):
+  return subprocess.run([sys.executable, str(ROOT / 'main.py'), *args], capture_output=True,
+                        text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+@pytest.mark.parametrize('override, message', [
+    ('--config.learning_rate=-0.1', 'config.learning_rate=-0.1 is invalid: must be > 0'),
+    ('--config.model.dropout_rate=1.0', 'config.model.dropout_rate=1.0 is invalid: must be in [0, 1)'),
+    ('--config.num_epochs=0', 'config.num_epochs=0 is invalid: must be >= 1'),
+    ('--config.no_such_field=3', 'no_such_field'),
+    ('--config.batch_size=abc', 'batch_size'),
+])
+def test_bad_config_fails_before_any_work(tmp_path, override, message):
+  workdir = tmp_path / 'w'
+  r = _main('--config=configs/default.py:runlocal', f'--workdir={workdir}', override, timeout=120)
+  assert r.returncode != 0 and message in r.stderr
+  assert not workdir.exists()
+
+
+def test_multi_device_matches_one_device(trained, tmp_path):
+  """The same run on 4 CPU devices gives the metrics of 1 device, up to float tolerance."""
+  config, _, results = trained
+  script = ('import json, sys, jax\n'
+            'from conftest import tiny_config\n'
+            'from comicface import train\n'
+            'assert jax.device_count() == 4\n'
+            'r = train.train_and_evaluate(tiny_config(num_epochs=3), sys.argv[1])\n'
+            'print(json.dumps(r["history"]))\n')
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
+         'PYTHONPATH': f'{ROOT}{os.pathsep}{ROOT / "tests"}'}
+  r = subprocess.run([sys.executable, '-c', script, str(tmp_path)], capture_output=True, text=True,
+                     env=env, timeout=300, cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-3000:]
+  four = json.loads(r.stdout.strip().splitlines()[-1])
+  for a, b in zip(four, results['history']):
+    assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.skipif(not REAL_SAMPLE.exists(), reason='shared/real_sample is absent')
+def test_real_sample_held_out_pairs_beat_chance(tmp_path):
+  config = tiny_config(num_epochs=6, learning_rate=1e-3)
+  config.dataset.manual_dir = str(REAL_SAMPLE)
+  config.dataset.data_dir = str(tmp_path / 'tfds')
+  config.model.filters_1, config.model.filters_2 = 32, 16
+  results = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert results['num_test_examples'] >= 10
+  assert results['test_accuracy'] >= 0.85  # chance is 0.5
+
+
+def test_main_trains_with_overrides_then_evaluates(tmp_path):
+  workdir = tmp_path / 'w'
+  common = ['--config=configs/default.py:runlocal', f'--workdir={workdir}']
+  r = _main(*common, '--config.model.filters_1=6', '--config.num_epochs=1')
+  assert r.returncode == 0, r.stderr[-3000:]
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['config']['model']['filters_1'] == 6 and results['config']['num_epochs'] == 1
+  assert 'GENERATED STAND-IN' in r.stderr
+  assert 'img/s ETA' in r.stderr  # the progress line
+  r = _main(*common, '--config.model.filters_1=6', '--config.num_epochs=1', '--mode=evaluate')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert json.loads((workdir / 'evaluation.json').read_text())['test_accuracy'] == results['test_accuracy']
+  r = _main(*common, '--mode=predict', '--images=x.jpg')  # filters_1 differs: another run
+  assert r.returncode != 0 and 'model: workdir has' in r.stderr

@@ -1,6 +1,6 @@
 """Images/s of the comic_faces builder vs. the CNN study's loop, on the same 1024x1024 JPEGs.
 
-    python bench/build_throughput.py [--pairs 100] [--config gray128]
+    python -m bench.build_throughput [--pairs 100] [--config gray128]
 
 The study's loop: `cv2.imread(path, cv2.IMREAD_GRAYSCALE)` then `cv2.resize(img, (128, 128))`,
 one process. The builder: a full `download_and_prepare` (decode, resize, PNG-encode, write

@@ -13,7 +13,7 @@ from comicface import models
 # number of epochs, checkpoints kept) may change between runs of one workdir.
 _IDENTITY = ('dataset.name', 'dataset.manual_dir', 'dataset.synthetic_pairs',
              'dataset.synthetic_size', 'dataset.synthetic_seed', 'model', 'dtype',
-             'optimizer', 'learning_rate', 'batch_size', 'train_splits', 'seed')
+             'optimizer', 'learning_rate', 'batch_size', 'train_splits', 'seed', 'grid')
 
 
 class ConfigError(ValueError):
@@ -35,6 +35,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.optimizer in ('adam', 'sgd'), 'optimizer', "'adam' or 'sgd'")
   need(config.dtype in ('float32', 'bfloat16'), 'dtype', "'float32' or 'bfloat16'")
   need(config.model.input_scaling in ('unit', 'imagenet'), 'model.input_scaling', "'unit' or 'imagenet'")
+  need(config.grid_parallel in ('auto', 'stacked', 'sequential'), 'grid_parallel',
+       "'auto', 'stacked' or 'sequential'")
+  need(config.test_checkpoint in ('best', 'last'), 'test_checkpoint', "'best' or 'last'")
   need(0 < config.dataset.max_bad_fraction <= 1, 'dataset.max_bad_fraction', 'in (0, 1]')
   if config.model.name == 'cnn':
     need(0 <= config.model.dropout_rate < 1, 'model.dropout_rate', 'in [0, 1)')

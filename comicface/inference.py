@@ -15,7 +15,6 @@ from comicface import checkpointing
 from comicface import configuration
 from comicface import imaging
 from comicface import input_pipeline
-from comicface import models
 from comicface import train
 
 
@@ -28,7 +27,7 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str,
   """The jitted steps and the state of checkpoint `step` (default: the best one)."""
   configuration.check_workdir(config, workdir)
   mesh = train.make_mesh()
-  state = train.create_train_state(config, models.create_model(config), train.image_shape(config), mesh)
+  state = train.create_train_state(config, mesh)
   mngr = checkpointing.manager(workdir, config.keep_checkpoints)
   try:
     available = mngr.all_steps()
@@ -38,7 +37,7 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str,
     step = mngr.best_step() if step is None else step
     if step not in available:
       raise NoCheckpointError(f'{workdir} has no checkpoint at step {step}; it has {sorted(available)}.')
-    tree, _ = checkpointing.restore(mngr, step, train._state_tree(state))  # pylint: disable=protected-access
+    tree, _ = checkpointing.restore(mngr, step, train.state_tree(state))
   finally:
     mngr.close()
   return train.Steps(mesh), state.replace(**tree), step
@@ -49,8 +48,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, split: str = 'test
   """Evaluates checkpoint `step` (default: best) on `split`; writes `workdir/evaluation.json`."""
   steps, state, step = restore_state(config, workdir, step)
   builder = input_pipeline.prepare(config, workdir)
-  metrics = train.evaluate_split(steps, state, input_pipeline.open_split(builder, split, config.batch_size), 'test')
-  results = {**metrics, 'split': split, 'step': step, 'config': config.to_dict()}
+  data = input_pipeline.open_split(builder, split, config.batch_size)
+  (metrics,), _ = train.evaluate_split(steps, state, data, 'test')
+  results = {**metrics, 'num_test_examples': data.num_examples, 'split': split, 'step': step,
+             'config': config.to_dict()}
   if jax.process_index() == 0:
     (pathlib.Path(workdir) / 'evaluation.json').write_text(json.dumps(results, indent=2))
   return results

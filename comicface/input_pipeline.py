@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from comicface import build_dataset
 from comicface import synthetic
 from tfds_builder.comic_faces import comic_faces_dataset_builder as cfb
 
@@ -75,20 +76,14 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tfds.core.Datase
 
 
 def _build(ds, manual_dir: pathlib.Path, data_dir: str | None) -> tfds.core.DatasetBuilder:
-  builder = cfb.Builder(config=builder_config(ds.name).name, data_dir=data_dir,
-                        max_bad_fraction=ds.max_bad_fraction)
   current = cfb.fingerprint(cfb.list_items(cfb.find_root(manual_dir)))
-  if builder.is_prepared():
-    built = builder.info.metadata.get('fingerprint')
-    if built != current:
-      raise SourceMismatchError(
-          f'{builder.data_dir} holds {ds.name} built from {builder.info.metadata.get("source")}, '
-          f'but the config points at {manual_dir}, whose files differ. Use another '
-          '--config.dataset.data_dir, or delete that build to rebuild it.')
-  else:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)),
-        file_format='array_record')
+  builder = build_dataset.build(str(manual_dir), builder_config(ds.name).name, data_dir,
+                                ds.max_bad_fraction)  # a no-op when built before
+  if builder.info.metadata.get('fingerprint') != current:
+    raise SourceMismatchError(
+        f'{builder.data_dir} holds {ds.name} built from {builder.info.metadata.get("source")}, '
+        f'but the config points at {manual_dir}, whose files differ. Use another '
+        '--config.dataset.data_dir, or delete that build to rebuild it.')
   bad = builder.info.metadata.get('bad_files', {})
   if bad:
     logging.warning('%d unreadable source images were skipped at build time: %s',

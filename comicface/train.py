@@ -1,14 +1,19 @@
-"""Training and evaluation on a `('data',)` mesh: pure steps under `jax.jit`."""
+"""Training and evaluation: pure steps under `jax.jit` on a ('trial', 'data') mesh.
+
+A run trains one model, or a stack of trials that differ only in values
+(learning rate, dropout rate): their states carry a leading trial axis, the
+steps are `jax.vmap`ped over it, and all trials see the same batches.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
 import signal
-from typing import Any
+from typing import Any, Sequence
 
 from absl import logging
-import flax.linen as nn
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -16,28 +21,34 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
 from comicface import checkpointing
 from comicface import configuration
 from comicface import input_pipeline
 from comicface import logs
 from comicface import models
+from comicface import report
 
 Metrics = dict[str, jax.Array]
+Record = dict[str, float]
 
 
 class TrainState(train_state.TrainState):
-  rng: jax.Array  # dropout key of the run; step `s` uses fold_in(rng, s)
+  rng: jax.Array           # the run's dropout key; step `s` uses fold_in(rng, s)
+  dropout_rate: jax.Array  # a value, not a shape: stacked trials may differ in it
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or Inf."""
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """All devices on one 'data' axis (Auto axes: Explicit ones break Flax's dropout)."""
-  return jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(trials: int = 1) -> jax.sharding.Mesh:
+  """All devices on ('trial', 'data'); stacked trials spread over 'trial' where
+  the counts divide (one process). Auto axes: Explicit ones break Flax's dropout."""
+  n = jax.device_count()
+  t = math.gcd(trials, n) if jax.process_count() == 1 else 1
+  return jax.make_mesh((t, n // t), ('trial', 'data'), axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -46,16 +57,33 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   return optax.inject_hyperparams(make)(learning_rate=config.learning_rate)
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
-                       image_shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> TrainState:
-  """Initialises parameters and optimizer state, replicated over the mesh."""
-  def init(rng):
+def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  c = input_pipeline.builder_config(config.dataset.name)
+  return (c.size, c.size, 1 if c.mode == 'L' else 3)
+
+
+def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                       trials: Sequence[ml_collections.ConfigDict] = ()) -> TrainState:
+  """The initial state of `config`, replicated; with `trials`, a stack of one state
+  per trial config (same initial parameters, each its own learning and dropout rate)."""
+  model = models.create_model(config)
+  tx = create_optimizer(config)
+
+  def init(rng, learning_rate, dropout_rate):
     params_rng, dropout_rng = jax.random.split(rng)
-    params = model.init(params_rng, jnp.zeros((1, *image_shape), jnp.uint8))['params']
-    return TrainState.create(apply_fn=model.apply, params=params,
-                             tx=create_optimizer(config), rng=dropout_rng)
-  replicated = NamedSharding(mesh, P())
-  return jax.jit(init, out_shardings=replicated)(jax.random.key(config.seed))
+    params = model.init(params_rng, jnp.zeros((1, *image_shape(config)), jnp.uint8))['params']
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=dropout_rng,
+                              dropout_rate=jnp.float32(dropout_rate))
+    hyper = {**state.opt_state.hyperparams, 'learning_rate': jnp.float32(learning_rate)}
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+
+  key = jax.random.key(config.seed)
+  rates = [(c.learning_rate, c.model.get('dropout_rate', 0.0)) for c in (trials or [config])]
+  lrs, drops = (jnp.asarray(v, jnp.float32) for v in zip(*rates))
+  if trials:
+    return jax.jit(jax.vmap(init, in_axes=(None, 0, 0)),
+                   out_shardings=NamedSharding(mesh, P('trial')))(key, lrs, drops)
+  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(key, lrs[0], drops[0])
 
 
 def _sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
@@ -66,11 +94,12 @@ def _sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
-  """One Adam/SGD step on the mean cross-entropy; returns sums for the metrics."""
+  """One optimizer step on the mean cross-entropy; returns sums for the metrics."""
   rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):
-    logits = state.apply_fn({'params': params}, batch['image'], train=True, rngs={'dropout': rng})
+    logits = state.apply_fn({'params': params}, batch['image'], train=True,
+                            dropout_rate=state.dropout_rate, rngs={'dropout': rng})
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     return losses.mean(), logits
 
@@ -79,9 +108,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainSta
   return state.apply_gradients(grads=grads), metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
+def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[Metrics, jax.Array]:
+  """Masked sums, and P(face) per example."""
   logits = state.apply_fn({'params': state.params}, batch['image'])
-  return _sums(logits, batch['label'], batch['mask'])
+  return _sums(logits, batch['label'], batch['mask']), jax.nn.softmax(logits)[..., 1]
 
 
 def predict_step(state: TrainState, images: jax.Array) -> jax.Array:
@@ -90,13 +120,18 @@ def predict_step(state: TrainState, images: jax.Array) -> jax.Array:
 
 
 class Steps:
-  """The jitted steps for one mesh, and moving host batches onto it."""
+  """The jitted steps for one mesh (vmapped over trials if `stacked`), and moving
+  host batches onto the mesh."""
 
-  def __init__(self, mesh: jax.sharding.Mesh):
+  def __init__(self, mesh: jax.sharding.Mesh, stacked: bool = False):
     self.data = NamedSharding(mesh, P('data'))
     rep = NamedSharding(mesh, P())
-    self.train = jax.jit(train_step, out_shardings=(rep, rep), donate_argnums=0)
-    self.eval = jax.jit(eval_step, out_shardings=rep)
+    state = NamedSharding(mesh, P('trial')) if stacked else rep
+    train, evaluate = train_step, eval_step
+    if stacked:
+      train, evaluate = (jax.vmap(f, in_axes=(0, None)) for f in (train_step, eval_step))
+    self.train = jax.jit(train, out_shardings=(state, rep), donate_argnums=0)
+    self.eval = jax.jit(evaluate, out_shardings=(rep, rep))
     self.predict = jax.jit(predict_step, out_shardings=self.data)
 
   def device_put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -104,10 +139,11 @@ class Steps:
     return {k: jax.make_array_from_process_local_data(self.data, v) for k, v in batch.items()}
 
 
-def summarize(sums: Metrics, prefix: str) -> dict[str, float]:
-  sums = jax.device_get(sums)
-  n = float(sums['count'])
-  return {f'{prefix}_loss': float(sums['loss']) / n, f'{prefix}_accuracy': float(sums['correct']) / n}
+def summarize(sums: Metrics, prefix: str) -> list[Record]:
+  """Mean loss and accuracy, one record per trial."""
+  loss, correct, count = (np.atleast_1d(jax.device_get(sums[k])) for k in ('loss', 'correct', 'count'))
+  return [{f'{prefix}_loss': float(l / n), f'{prefix}_accuracy': float(c / n)}
+          for l, c, n in zip(loss, correct, count)]
 
 
 def _add(a: Metrics | None, b: Metrics) -> Metrics:
@@ -115,14 +151,15 @@ def _add(a: Metrics | None, b: Metrics) -> Metrics:
 
 
 def evaluate_split(steps: Steps, state: TrainState, split: input_pipeline.Split,
-                   prefix: str) -> dict[str, Any]:
-  """Loss and accuracy over every example of `split` exactly once."""
-  sums = None
+                   prefix: str) -> tuple[list[Record], np.ndarray]:
+  """Loss and accuracy per trial over every example of `split` exactly once, and
+  P(face) per example (shape [examples] or [trials, examples]), in split order."""
+  sums, probs = None, []
   for batch in input_pipeline.eval_batches(split):
-    sums = _add(sums, steps.eval(state, steps.device_put(batch)))
-  out = summarize(sums, prefix)
-  out[f'num_{prefix}_examples'] = int(jax.device_get(sums['count']))
-  return out
+    s, p = steps.eval(state, steps.device_put(batch))
+    sums = _add(sums, s)
+    probs.append(np.asarray(jax.device_get(p)))
+  return summarize(sums, prefix), np.concatenate(probs, axis=-1)[..., :split.num_examples]
 
 
 class _Preemption:
@@ -146,15 +183,115 @@ class _Preemption:
     return self.requested or mngr.reached_preemption(step)
 
 
-def _state_tree(state: TrainState) -> dict:
+def state_tree(state: TrainState) -> dict:
+  """What a checkpoint holds of the state (not the static model and optimizer)."""
   return {'params': state.params, 'opt_state': state.opt_state, 'step': state.step}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
-  """Trains `config` in `workdir` (resuming what is there), then tests the best checkpoint.
+@dataclasses.dataclass
+class Run:
+  """Everything one training run (of one model or a stack of trials) works with."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  steps: Steps
+  state: TrainState
+  builder: Any
+  mngr: ocp.CheckpointManager
+  trial_names: list[str]
+  histories: list[list[Record]]
 
-  Writes and returns `workdir/results.json`; a finished workdir is only
-  reported. Returns None if preempted (a checkpoint was saved; rerun to resume).
+  @property
+  def stacked(self) -> bool:
+    return len(self.trial_names) > 1
+
+  def restore(self, step: int) -> TrainState:
+    tree, _ = checkpointing.restore(self.mngr, step, state_tree(self.state))
+    return self.state.replace(**tree)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str,
+          trials: Sequence[ml_collections.ConfigDict] = (), trial_names: Sequence[str] = ()) -> Run:
+  """Builds the data, the state (resumed from `workdir` if it holds checkpoints)
+  and the steps of a run; `trials` (with names) makes it a stacked run."""
+  mesh = make_mesh(len(trials) or 1)
+  builder = input_pipeline.prepare(config, workdir)
+  state = create_train_state(config, mesh, trials)
+  mngr = checkpointing.manager(workdir, config.keep_checkpoints)
+  names = list(trial_names) or ['']
+  histories = [[] for _ in names]
+  if mngr.latest_step() is not None:
+    tree, meta = checkpointing.restore(mngr, mngr.latest_step(), state_tree(state))
+    state, histories = state.replace(**tree), meta['histories']
+    logging.info('%s: resumed from step %d (after epoch %d).', workdir, int(tree['step'].max()),
+                 len(histories[0]))
+  return Run(config, workdir, Steps(mesh, stacked=bool(trials)), state, builder, mngr, names, histories)
+
+
+def fit(run: Run, tensorboard_dirs: Sequence[str], stop_on_nonfinite: bool = True) -> bool:
+  """Trains the remaining epochs, appending to `run.histories`; checkpoints each epoch.
+
+  Returns False if preempted (after saving a checkpoint at the current step).
+  """
+  config = run.config
+  train = input_pipeline.open_split(run.builder, list(config.train_splits), config.batch_size)
+  val = input_pipeline.open_split(run.builder, 'validation', config.batch_size)
+  spe = input_pipeline.steps_per_epoch(train)
+  if spe == 0:
+    raise configuration.ConfigError(
+        f'config.batch_size={config.batch_size} is larger than the training set '
+        f'({train.num_examples} examples): lower it.')
+  logging.info('%s: %d parameters per model, %d trial(s); %d train / %d validation examples.',
+               run.workdir, sum(x[0].size if run.stacked else x.size for x in jax.tree.leaves(run.state.params)),
+               len(run.trial_names), train.num_examples, val.num_examples)
+  total = spe * config.num_epochs
+  progress = logs.Progress(total, config.batch_size, config.log_every_steps)
+  writers = [logs.Writer(d, config) for d in tensorboard_dirs]
+  step = int(np.max(jax.device_get(run.state.step)))
+  try:
+    with _Preemption() as preempted:
+      while step < total:
+        epoch, start = divmod(step, spe)
+        sums = None
+        for batch in input_pipeline.train_batches(train, config.seed, epoch, start):
+          run.state, m = run.steps.train(run.state, run.steps.device_put(batch))
+          sums, step = _add(sums, m), step + 1
+          if progress.due(step):
+            records = summarize(sums, 'train')
+            if stop_on_nonfinite:
+              _check_finite(records, step)
+            progress.log(step, epoch + 1, config.num_epochs, records)
+          if step % spe and preempted(run.mngr, step):
+            checkpointing.save(run.mngr, step, state_tree(run.state), {'histories': run.histories})
+            run.mngr.wait_until_finished()
+            return False
+        val_records, _ = evaluate_split(run.steps, run.state, val, 'val')
+        for history, writer, tr, va in zip(run.histories, writers, summarize(sums, 'train'), val_records):
+          record = {'epoch': epoch + 1, 'step': step, **tr, **va}
+          if stop_on_nonfinite:
+            _check_finite([record], step)
+          history.append(record)
+          writer.scalars(step, record)
+        logs.log_epoch(run.trial_names, [h[-1] for h in run.histories])
+        best = run.histories[0][-1] if not run.stacked else None
+        checkpointing.save(run.mngr, step, state_tree(run.state), {'histories': run.histories},
+                           metrics=best and {'val_accuracy': best['val_accuracy'],
+                                             'val_loss': best['val_loss'], 'epoch': epoch + 1})
+        if step < total and preempted(run.mngr, step):
+          run.mngr.wait_until_finished()
+          return False
+      run.mngr.wait_until_finished()
+  finally:
+    for w in writers:
+      w.close()
+  return True
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
+  """Trains `config` in `workdir` (resuming what is there), then tests the best
+  (or, with `config.test_checkpoint='last'`, the last) checkpoint.
+
+  Writes `results.json` and the report; a finished workdir is only reported.
+  Returns None if preempted (a checkpoint was saved; rerun to resume).
   """
   results_path = pathlib.Path(workdir) / 'results.json'
   configuration.claim_workdir(config, workdir)
@@ -162,102 +299,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     results = json.loads(results_path.read_text())
     logging.info('%s is finished: test accuracy %.4f. Nothing to do.', workdir, results['test_accuracy'])
     return results
-
-  mesh = make_mesh()
-  steps = Steps(mesh)
-  builder = input_pipeline.prepare(config, workdir)
-  train = input_pipeline.open_split(builder, list(config.train_splits), config.batch_size)
-  val = input_pipeline.open_split(builder, 'validation', config.batch_size)
-  if input_pipeline.steps_per_epoch(train) == 0:
-    raise configuration.ConfigError(
-        f'config.batch_size={config.batch_size} is larger than the training set '
-        f'({train.num_examples} examples): lower it.')
-  state = create_train_state(config, models.create_model(config), image_shape(config), mesh)
-  logging.info('Model %s: %d parameters; %d train / %d validation examples.', config.model.name,
-               sum(x.size for x in jax.tree.leaves(state.params)), train.num_examples, val.num_examples)
-
-  mngr = checkpointing.manager(workdir, config.keep_checkpoints)
-  history: list[dict[str, float]] = []
-  if mngr.latest_step() is not None:
-    tree, meta = checkpointing.restore(mngr, mngr.latest_step(), _state_tree(state))
-    state, history = state.replace(**tree), meta['history']
-    logging.info('Resumed from step %d (after epoch %d).', int(state.step), len(history))
-  writer = logs.Writer(workdir, config)
+  run = setup(config, workdir)
   try:
-    with _Preemption() as preempted:
-      state = _train_epochs(config, steps, state, train, val, history, mngr, writer, preempted)
-    if state is None:
+    if not fit(run, [workdir]):
       logging.warning('Preempted: checkpoint saved; rerun the same command to resume.')
       return None
-    best = mngr.best_step()
-    tree, _ = checkpointing.restore(mngr, best, _state_tree(state))
-    test_split = input_pipeline.open_split(builder, 'test', config.batch_size)
-    test = evaluate_split(steps, state.replace(**tree), test_split, 'test')
+    step = run.mngr.latest_step() if config.test_checkpoint == 'last' else run.mngr.best_step()
+    test_split = input_pipeline.open_split(run.builder, 'test', config.batch_size)
+    (test,), probs = evaluate_split(run.steps, run.restore(step), test_split, 'test')
   finally:
-    writer.close()
-    mngr.close()
-  best_record = next(r for r in history if r['step'] == best)
-  results = {**test, 'best_epoch': best_record['epoch'], 'best_step': best,
-             'best_val_accuracy': best_record['val_accuracy'],
-             'best_val_loss': best_record['val_loss'], 'history': history,
-             'config': config.to_dict()}
+    run.mngr.close()
+  history = run.histories[0]
+  chosen = next(r for r in history if r['step'] == step)
+  results = {**test, 'num_test_examples': test_split.num_examples, 'best_epoch': chosen['epoch'],
+             'best_step': step, 'best_val_accuracy': chosen['val_accuracy'],
+             'best_val_loss': chosen['val_loss'], 'history': history, 'config': config.to_dict()}
   if jax.process_index() == 0:
     results_path.write_text(json.dumps(results, indent=2))
-  logging.info('Test accuracy of the best checkpoint (epoch %d): %.4f on %d images.',
+    np.save(pathlib.Path(workdir) / 'test_predictions.npy', probs)  # P(face), test split order
+    report.write(workdir, results, test_split, probs)
+  logging.info('Test accuracy of checkpoint step %d (epoch %d): %.4f on %d images.', step,
                results['best_epoch'], results['test_accuracy'], results['num_test_examples'])
   return results
 
 
-def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-  c = input_pipeline.builder_config(config.dataset.name)
-  return (c.size, c.size, 1 if c.mode == 'L' else 3)
-
-
-def _train_epochs(config, steps: Steps, state: TrainState, train, val, history: list,
-                  mngr, writer: logs.Writer, preempted: _Preemption) -> TrainState | None:
-  """Runs the remaining epochs, appending to `history`; saves after each epoch.
-
-  Returns the final state, or None after saving a checkpoint on preemption.
-  """
-  spe = input_pipeline.steps_per_epoch(train)
-  total = spe * config.num_epochs
-  progress = logs.Progress(total, config.batch_size, config.log_every_steps)
-  step = int(state.step)
-  while step < total:
-    epoch, start = divmod(step, spe)
-    sums = None
-    for batch in input_pipeline.train_batches(train, config.seed, epoch, start):
-      state, m = steps.train(state, steps.device_put(batch))
-      sums, step = _add(sums, m), step + 1
-      if progress.due(step) or step % spe == 0:
-        s = summarize(sums, 'train')
-        _check_finite(s, step)
-        progress.log(step, epoch + 1, config.num_epochs, s)
-        writer.scalars(step, s)
-      if step % spe and preempted(mngr, step):
-        checkpointing.save(mngr, step, _state_tree(state), {'history': history})
-        mngr.wait_until_finished()
-        return None
-    val_metrics = evaluate_split(steps, state, val, 'val')
-    record = {'epoch': epoch + 1, 'step': step, **summarize(sums, 'train'),
-              'val_loss': val_metrics['val_loss'], 'val_accuracy': val_metrics['val_accuracy']}
-    _check_finite(record, step)
-    history.append(record)
-    writer.scalars(step, record)
-    logging.info('epoch %d: %s', epoch + 1,
-                 ', '.join(f'{k} {v:.4f}' for k, v in record.items() if isinstance(v, float)))
-    checkpointing.save(mngr, step, _state_tree(state), {'history': history},
-                       metrics={'val_accuracy': record['val_accuracy'],
-                                'val_loss': record['val_loss'], 'epoch': epoch + 1})
-    if preempted(mngr, step) and step < total:
-      mngr.wait_until_finished()
-      return None
-  mngr.wait_until_finished()
-  return state
-
-
-def _check_finite(metrics: dict[str, float], step: int) -> None:
-  for k, v in metrics.items():
-    if isinstance(v, float) and not math.isfinite(v):
-      raise NonFiniteLossError(f'{k} is {v} at step {step}; no checkpoint was written for it. '
-                               'Lower config.learning_rate, or check the data.')
+def _check_finite(records: list[Record], step: int) -> None:
+  for record in records:
+    for k, v in record.items():
+      if isinstance(v, float) and not math.isfinite(v):
+        raise NonFiniteLossError(f'{k} is {v} at step {step}; no checkpoint was written for it. '
+                                 'Lower config.learning_rate, or check the data.')

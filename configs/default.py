@@ -25,9 +25,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.learning_rate = 1e-3
   c.batch_size = 32     # global, across all devices and processes
   c.train_splits = ('train',)  # ('train', 'validation') to retrain on both
+  c.test_checkpoint = 'best'   # tested at the end: 'best' by validation accuracy, or 'last'
   c.num_epochs = 4
   c.seed = 0
   c.log_every_steps = 20
+  c.grid = ml_collections.ConfigDict()  # e.g. grid.learning_rate = (1e-2, 1e-3): see cnn_grid.py
+  c.grid_parallel = 'auto'   # 'stacked', 'sequential', or 'auto' (by device count)
+  c.retrain_splits = ('train',)  # the grid's winner is retrained on these
   c.keep_checkpoints = 2  # the latest N are kept, and the best by validation accuracy
   return apply_variants(c, arg)
 

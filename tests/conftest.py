@@ -5,21 +5,16 @@ import shutil
 import pytest
 import tensorflow_datasets as tfds
 
-from comicface import synthetic
-from tfds_builder.comic_faces import comic_faces_dataset_builder as cfb
+from comicface import build_dataset, synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DUMMY_DATA = ROOT / 'tfds_builder' / 'comic_faces' / 'dummy_data'
 REAL_SAMPLE = ROOT.parent / 'shared' / 'real_sample' / 'face2comics_v1.0.0_sample'
 
 
-def build(manual_dir, data_dir, config='rgb24', **kwargs) -> tfds.core.DatasetBuilder:
+def build(manual_dir, data_dir, config='rgb24', max_bad_fraction=None) -> tfds.core.DatasetBuilder:
   """Builds `comic_faces/<config>` from `manual_dir` as array_record, without TensorFlow."""
-  builder = cfb.Builder(config=config, data_dir=str(data_dir), **kwargs)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)),
-      file_format='array_record')
-  return builder
+  return build_dataset.build(str(manual_dir), config, str(data_dir), max_bad_fraction)
 
 
 @pytest.fixture(scope='session')

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from comicface import synthetic
+from comicface import build_dataset, synthetic
 from conftest import DUMMY_DATA, REAL_SAMPLE, build
 from tfds_builder.comic_faces import comic_faces_dataset_builder as cfb
 
@@ -181,3 +181,11 @@ def test_real_sample_builds_and_pairs_up(tmp_path):
   sizes = {Image.open(p).size for p in files['face'] + files['comics']}
   assert {'.png', '.jpg'} <= suffixes and len(sizes) > 1  # mixed formats and sizes went in
   assert all(e['image'].shape == (128, 128, 1) for e in examples)
+
+
+def test_build_command_without_tensorflow(tmp_path, capsys):
+  build_dataset.main(['--manual_dir', str(DUMMY_DATA), '--configs', 'rgb24,gray128',
+                      '--data_dir', str(tmp_path)])
+  out = capsys.readouterr().out
+  assert "comic_faces/rgb24: {'train': 38, 'validation': 4, 'test': 10}" in out
+  assert (tmp_path / 'comic_faces' / 'gray128' / '1.0.0' / 'dataset_info.json').exists()

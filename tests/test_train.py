@@ -35,6 +35,11 @@ def test_training_learns_and_writes_results(trained):
   assert on_disk['test_accuracy'] == results['test_accuracy']
   assert on_disk['config']['model']['filters_1'] == 8
   assert list((pathlib.Path(workdir) / 'tensorboard').glob('events.out.tfevents.*'))
+  for f in ('report.md', 'curves.png', 'confusion.png', 'misclassified.png'):
+    assert (pathlib.Path(workdir) / f).stat().st_size > 0, f
+  errors = round((1 - results['test_accuracy']) * results['num_test_examples'])
+  assert f'{errors} errors out of {results["num_test_examples"]} test images' in (
+      pathlib.Path(workdir) / 'report.md').read_text()
 
 
 def test_checkpoints_keep_latest_and_best(trained):

@@ -19,7 +19,9 @@ from comicface import imaging
 CLASS_NAMES = ('comic', 'face')  # face = 1: "is it a real face?"
 FACE_DIRS = ('faces', 'face')    # v2 names it faces/, v1 face/
 SPLIT_SHARES = (('train', 0.7), ('validation', 0.1), ('test', 0.2))
-MAX_BAD_FRACTION = 0.05
+# Read once at import: TFDS's builder test mocks `os` while the builder runs.
+MAX_BAD_FRACTION = float(os.environ.get('COMIC_FACES_MAX_BAD_FRACTION', 0.05))
+_THREADS = os.cpu_count()
 LAYOUT = ('a folder holding comics/ and faces/ (v2) or comics/ and face/ (v1), '
           'at any depth under the manual dir, or a .zip holding them '
           '(e.g. face2comics_v2.0.0_by_Sxela/face2comics_v2.0.0_by_Sxela/{comics,faces}/N.jpg)')
@@ -128,7 +130,7 @@ def list_items(root: AnyPath) -> list[Item]:
     if not files:
       raise LayoutError(f'{folder} holds no images. Expected {LAYOUT}; '
                         f'found: {_listing(folder)[:20] or "an empty folder"}.')
-    items += [Item(p, label, os.path.splitext(p.name)[0], i) for i, p in enumerate(files)]
+    items += [Item(p, label, pathlib.PurePath(p.name).stem, i) for i, p in enumerate(files)]
   return items
 
 
@@ -170,9 +172,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     Defaults to $COMIC_FACES_MAX_BAD_FRACTION, else 0.05.
     """
     super().__init__(**kwargs)
-    if max_bad_fraction is None:
-      max_bad_fraction = float(os.environ.get('COMIC_FACES_MAX_BAD_FRACTION', MAX_BAD_FRACTION))
-    self.max_bad_fraction = max_bad_fraction
+    self.max_bad_fraction = MAX_BAD_FRACTION if max_bad_fraction is None else max_bad_fraction
 
   def _info(self) -> tfds.core.DatasetInfo:
     c = self.builder_config
@@ -192,9 +192,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    # Not `dl_manager.manual_dir`: it refuses a .zip given as the manual dir, and
-    # answers a missing or empty folder with a generic AssertionError.
-    root = find_root(dl_manager._manual_dir)  # pylint: disable=protected-access
+    try:
+      manual_dir = dl_manager.manual_dir
+    except (AssertionError, OSError):
+      # TFDS refuses a .zip given as the manual dir, and answers a missing or empty
+      # folder with a generic AssertionError; find_root explains what it expected.
+      manual_dir = dl_manager._manual_dir  # pylint: disable=protected-access
+    root = find_root(manual_dir)
     items = list_items(root)
     counts = collections.Counter((i.pair_id, i.label) for i in items)
     pairs = collections.Counter(pair for pair, _ in counts)
@@ -211,7 +215,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, items: list[Item]):
     c = self.builder_config
     bad = {}
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+    with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
       # map() keeps input order, so the output does not depend on thread timing.
       futures = pool.map(lambda it: _try(_decode, it, c.size, c.mode), items)
       for item, (image, error) in zip(items, futures):

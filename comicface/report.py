@@ -1,0 +1,140 @@
+"""What a finished run leaves to look at: report.md and PNG figures in its workdir."""
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Any, Sequence
+
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+CLASSES = ('comic', 'face')
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+  """95% Wilson score interval of a proportion k/n (sensible at 0 or n errors)."""
+  if n == 0:
+    return (0.0, 1.0)
+  p = k / n
+  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+  return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def confusion(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+  """[true, predicted] counts."""
+  m = np.zeros((2, 2), int)
+  np.add.at(m, (labels, (probs >= 0.5).astype(int)), 1)
+  return m
+
+
+def _curves(history: Sequence[dict], path: pathlib.Path) -> None:
+  epochs = [h['epoch'] for h in history]
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+  for ax, metric in zip(axes, ('accuracy', 'loss')):
+    for split in ('train', 'val'):
+      ax.plot(epochs, [h[f'{split}_{metric}'] for h in history], 'o-', label=split)
+    ax.set(xlabel='epoch', ylabel=metric, title=metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _confusion_png(m: np.ndarray, path: pathlib.Path) -> None:
+  fig, ax = plt.subplots(figsize=(3.6, 3.2))
+  ax.imshow(m, cmap='Blues')
+  for (i, j), v in np.ndenumerate(m):
+    ax.text(j, i, str(v), ha='center', va='center', color='black', fontsize=14)
+  ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASSES, yticklabels=CLASSES,
+         xlabel='predicted', ylabel='true', title='test confusion')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _misclassified_png(images: list[np.ndarray], captions: list[str], path: pathlib.Path) -> None:
+  cols = max(1, min(8, len(images)))
+  rows = max(1, math.ceil(len(images) / cols))
+  fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.0 * rows), squeeze=False)
+  for ax in axes.flat:
+    ax.axis('off')
+  for ax, img, caption in zip(axes.flat, images, captions):
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap='gray', vmin=0, vmax=255)
+    ax.set_title(caption, fontsize=8)
+  if not images:
+    axes[0, 0].text(0.5, 0.5, 'no test image\nmisclassified', ha='center', va='center')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _grid_png(trials: Sequence[dict], axes_names: Sequence[str], path: pathlib.Path) -> None:
+  """Validation accuracy of every trial: rows and columns are combinations of the axes."""
+  half = max(1, len(axes_names) // 2)
+  row_axes, col_axes = axes_names[:half], axes_names[half:]
+  label = lambda t, names: ', '.join(f'{n.split(".")[-1]}={t[n]}' for n in names) or '-'
+  rows = list(dict.fromkeys(label(t, row_axes) for t in trials))
+  cols = list(dict.fromkeys(label(t, col_axes) for t in trials))
+  grid = np.full((len(rows), len(cols)), np.nan)
+  for t in trials:
+    grid[rows.index(label(t, row_axes)), cols.index(label(t, col_axes))] = t['val_accuracy']
+  fig, ax = plt.subplots(figsize=(2 + 1.6 * len(cols), 1.2 + 0.6 * len(rows)))
+  ax.imshow(grid, cmap='viridis', aspect='auto')
+  for (i, j), v in np.ndenumerate(grid):
+    ax.text(j, i, f'{v:.4f}', ha='center', va='center', color='white', fontsize=8)
+  ax.set(xticks=range(len(cols)), yticks=range(len(rows)), title='validation accuracy per trial')
+  ax.set_xticklabels(cols, rotation=30, ha='right', fontsize=8)
+  ax.set_yticklabels(rows, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+  fmt = lambda v: f'{v:.4f}' if isinstance(v, float) else str(v)
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  return '\n'.join(lines + ['| ' + ' | '.join(fmt(r[c]) for c in columns) + ' |' for r in rows])
+
+
+def write(workdir: str, results: dict[str, Any], split: Any, probs: np.ndarray,
+          trials: Sequence[dict] = (), axes_names: Sequence[str] = ()) -> None:
+  """Writes report.md, curves.png, confusion.png, misclassified.png (and grid.png for a grid).
+
+  `split` is the test split (an input_pipeline.Split) and `probs` P(face) per
+  example in its order; `trials` the grid's table, one dict per trial.
+  """
+  out = pathlib.Path(workdir)
+  labels = np.asarray([split.source[i]['label'] for i in range(split.num_examples)])
+  m = confusion(labels, probs)
+  n, errors = int(m.sum()), int(m[0, 1] + m[1, 0])
+  lo, hi = wilson_interval(n - errors, n)
+  wrong = [i for i in np.flatnonzero((probs >= 0.5) != labels)][:32]
+  records = [split.source[int(i)] for i in wrong]
+  _misclassified_png([r['image'] for r in records],
+                     [f'{r["filename"].decode()}\nP(face)={probs[i]:.3f}' for r, i in zip(records, wrong)],
+                     out / 'misclassified.png')
+  _confusion_png(m, out / 'confusion.png')
+  _curves(results['history'], out / 'curves.png')
+  lines = [f'# Report: {out.name}', '',
+           f'**Test accuracy: {results["test_accuracy"]:.4%}** (95% CI {lo:.2%} to {hi:.2%}, Wilson), '
+           f'{errors} errors out of {n} test images; test loss {results["test_loss"]:.4f}.', '',
+           f'Checkpoint tested: epoch {results["best_epoch"]} (validation accuracy '
+           f'{results["best_val_accuracy"]:.4f}, loss {results["best_val_loss"]:.4f}).', '']
+  if trials:
+    _grid_png(trials, axes_names, out / 'grid.png')
+    chosen = ', '.join(f'{k}={v}' for k, v in results['chosen'].items())
+    ranked = sorted(trials, key=lambda t: (-t['val_accuracy'], t['val_loss'], t['best_epoch']))
+    lines += ['## Grid', '', f'Winner: {chosen}, {results["best_epoch"]} epochs '
+              f'(retrained on {"+".join(results["config"]["retrain_splits"])}).', '',
+              _table(ranked, ['trial', *axes_names, 'best_epoch', 'val_accuracy', 'val_loss']), '',
+              '![grid](grid.png)', '']
+  lines += ['## Curves', '', _table(results['history'], list(results['history'][0])), '',
+            '![curves](curves.png)', '', '## Test confusion (rows: true, columns: predicted)', '',
+            _table([{'': CLASSES[i], **{c: int(m[i, j]) for j, c in enumerate(CLASSES)}} for i in range(2)],
+                   ['', *CLASSES]), '', '![confusion](confusion.png)', '',
+            f'## Misclassified test images ({errors})', '', '![misclassified](misclassified.png)', '']
+  (out / 'report.md').write_text('\n'.join(lines))

@@ -38,6 +38,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = 'train', *,
   """Runs `mode` ('train', 'evaluate' or 'predict'); returns the process exit code."""
   logging.get_absl_handler().python_handler.addFilter(_quiet_libraries)
   _initialize_distributed()
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)  # process 0 alone logs progress
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   configuration.validate(config)

@@ -4,9 +4,14 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be written (disk full, permissions...)."""
 
 
 def rank(metrics: dict[str, float]) -> tuple[float, float, float]:
@@ -15,22 +20,52 @@ def rank(metrics: dict[str, float]) -> tuple[float, float, float]:
 
 
 def manager(workdir: str, keep_latest: int) -> ocp.CheckpointManager:
-  """A manager in `workdir/checkpoints` saving `state` (arrays) and `meta` (JSON)."""
+  """A manager in `workdir/checkpoints` saving `state` (arrays) and `meta` (JSON).
+
+  Half-written checkpoints (`N.orbax-checkpoint-tmp`, left by a kill) are ignored.
+  """
   options = ocp.CheckpointManagerOptions(
       best_fn=rank, best_mode='max',
       preservation_policy=policies.AnyPreservationPolicy([
           policies.LatestN(keep_latest),
           policies.BestN(get_metric_fn=rank, n=1, keep_checkpoints_without_metrics=False),
-      ]),
-      enable_async_checkpointing=True)
+      ]))
   return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints', options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
          metrics: dict[str, float] | None = None) -> None:
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          meta=ocp.args.JsonSave(meta)),
-            metrics=metrics, force=True)
+  """Starts an asynchronous save; a failure (of this or the previous save) raises CheckpointError."""
+  with _explained(mngr, step):
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            meta=ocp.args.JsonSave(meta)),
+              metrics=metrics, force=True)
+
+
+def wait(mngr: ocp.CheckpointManager) -> None:
+  """Waits for pending saves; a failure raises CheckpointError."""
+  with _explained(mngr, None):
+    mngr.wait_until_finished()
+
+
+class _explained:
+  """Turns a failed write into an error that says what was lost and what was kept."""
+
+  def __init__(self, mngr: ocp.CheckpointManager, step: int | None):
+    self.mngr, self.step = mngr, step
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, error, tb):
+    if error is None or not isinstance(error, (OSError, ValueError, RuntimeError)) or isinstance(
+        error, CheckpointError):
+      return False
+    kept = sorted(s for s in self.mngr.all_steps(read=True))
+    raise CheckpointError(
+        f'Writing a checkpoint{"" if self.step is None else f" at step {self.step}"} in '
+        f'{self.mngr.directory} failed: {error}. The checkpoints already there are intact '
+        f'(steps {kept}); free space (or fix permissions) and rerun to resume.') from error
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, dict]:
@@ -40,3 +75,19 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, d
   out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                    meta=ocp.args.JsonRestore()))
   return out['state'], out['meta']
+
+
+def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, dict] | None:
+  """The newest checkpoint that reads back; unreadable ones are moved aside to
+  `checkpoints/corrupt-N` with a warning. None if there is none."""
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      return restore(mngr, step, target)
+    except Exception as e:  # pylint: disable=broad-except  (tensorstore raises many kinds)
+      path = pathlib.Path(mngr.directory) / str(step)
+      logging.warning('Checkpoint %s cannot be read (%s: %s); moving it aside to corrupt-%d '
+                      'and using the previous one.', path, type(e).__name__, str(e)[:300], step)
+      if jax.process_index() == 0:
+        path.rename(path.with_name(f'corrupt-{step}'))
+      mngr.reload()
+  return None

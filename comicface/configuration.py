@@ -11,9 +11,9 @@ from comicface import models
 
 # Fields that change what a workdir's checkpoints mean; the rest (logging, the
 # number of epochs, checkpoints kept) may change between runs of one workdir.
-_IDENTITY = ('dataset.name', 'dataset.manual_dir', 'dataset.synthetic_pairs',
+_IDENTITY = ('dataset.name', 'dataset.manual_dir', 'dataset.split_scheme', 'dataset.synthetic_pairs',
              'dataset.synthetic_size', 'dataset.synthetic_seed', 'model', 'dtype',
-             'optimizer', 'learning_rate', 'batch_size', 'train_splits', 'seed', 'grid')
+             'optimizer', 'augment_hflip', 'learning_rate', 'batch_size', 'train_splits', 'seed', 'grid')
 
 
 class ConfigError(ValueError):
@@ -38,6 +38,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.grid_parallel in ('auto', 'stacked', 'sequential'), 'grid_parallel',
        "'auto', 'stacked' or 'sequential'")
   need(config.test_checkpoint in ('best', 'last'), 'test_checkpoint', "'best' or 'last'")
+  need(config.dataset.split_scheme in ('pairs', 'cnn_study', 'mlp_study'), 'dataset.split_scheme',
+       "'pairs', 'cnn_study' or 'mlp_study'")
   need(0 < config.dataset.max_bad_fraction <= 1, 'dataset.max_bad_fraction', 'in (0, 1]')
   if config.model.name == 'cnn':
     need(0 <= config.model.dropout_rate < 1, 'model.dropout_rate', 'in [0, 1)')
@@ -84,4 +86,6 @@ def claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   if not check_workdir(config, workdir) and jax.process_index() == 0:
     path = pathlib.Path(workdir) / 'config.json'
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({'identity': _identity(config), 'config': config.to_dict()}, indent=2))
+    tmp = path.with_suffix('.tmp')  # other processes may be reading: write, then rename
+    tmp.write_text(json.dumps({'identity': _identity(config), 'config': config.to_dict()}, indent=2))
+    tmp.replace(path)

@@ -115,7 +115,7 @@ def select(histories: dict[str, list[dict]], epochs: list[int]) -> tuple[str, di
   return min(candidates, key=lambda c: _rank(c[1]))
 
 
-def _run_group(group: list[Trial], workdir: pathlib.Path, mode: str, epochs: list[int]) -> bool:
+def run_group(group: list[Trial], workdir: pathlib.Path, mode: str, epochs: list[int]) -> bool:
   """Trains one group of trials (resuming it), then writes each `trial.json`.
 
   Returns False if preempted (a checkpoint was saved; the rerun resumes the group).
@@ -158,7 +158,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
     if all((root / 'trials' / t.name / 'trial.json').exists() for t in group):
       logging.info('Skipping finished trial(s) %s.', [t.name for t in group])
       continue
-    if not _run_group(group, root, mode, epochs):
+    if not run_group(group, root, mode, epochs):
       logging.warning('Preempted: checkpoint saved; rerun the same command to resume.')
       return None
   histories = {t.name: json.loads((root / 'trials' / t.name / 'trial.json').read_text())['history']
@@ -186,7 +186,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
   if jax.process_index() == 0:
     (root / 'results.json').write_text(json.dumps(results, indent=2))
     builder = input_pipeline.prepare(final, str(root / 'final'))
-    test = input_pipeline.open_split(builder, 'test', final.batch_size)
+    test = input_pipeline.open_split(builder, 'test', final.batch_size,
+                                          final.dataset.split_scheme)
     probs = np.load(root / 'final' / 'test_predictions.npy')
     report.write(workdir, results, test, probs, table, [k for k in axes(config) if k != EPOCHS])
   return results

@@ -48,9 +48,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, split: str = 'test
   """Evaluates checkpoint `step` (default: best) on `split`; writes `workdir/evaluation.json`."""
   steps, state, step = restore_state(config, workdir, step)
   builder = input_pipeline.prepare(config, workdir)
-  data = input_pipeline.open_split(builder, split, config.batch_size)
+  data = input_pipeline.open_split(builder, split, config.batch_size,
+                                   config.dataset.split_scheme)
   (metrics,), _ = train.evaluate_split(steps, state, data, 'test')
-  results = {**metrics, 'num_test_examples': data.num_examples, 'split': split, 'step': step,
+  results = {**metrics, 'split': split, 'step': step,
              'config': config.to_dict()}
   if jax.process_index() == 0:
     (pathlib.Path(workdir) / 'evaluation.json').write_text(json.dumps(results, indent=2))

@@ -9,8 +9,9 @@ function of `(seed, epoch, step)`, which is what makes resume exact.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 from absl import logging
 import grain
@@ -93,31 +94,87 @@ def _build(ds, manual_dir: pathlib.Path, data_dir: str | None) -> tfds.core.Data
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split of the built dataset, read by global index."""
-  source: object  # a TFDS ArrayRecordDataSource
+  """One split of the built dataset, read by position: `source[index[i]]`, or
+  `source[i]` when `index` is None."""
+  source: Any  # a TFDS ArrayRecordDataSource
   global_batch: int
+  index: np.ndarray | None = None
 
   @property
   def num_examples(self) -> int:
-    return len(self.source)
+    return len(self.source) if self.index is None else len(self.index)
 
   @property
   def local_batch(self) -> int:
     return self.global_batch // jax.process_count()
 
-  def _read(self, indices: np.ndarray) -> Batch:
-    """Reads this process's slice of a global batch of indices."""
+  def record(self, i: int) -> dict:
+    return self.source[int(i if self.index is None else self.index[i])]
+
+  def _read(self, positions: np.ndarray) -> Batch:
+    """Reads this process's slice of a global batch of positions."""
     p = jax.process_index()
-    mine = indices[p * self.local_batch:(p + 1) * self.local_batch]
+    mine = positions[p * self.local_batch:(p + 1) * self.local_batch]
+    if self.index is not None:
+      mine = self.index[mine]
     records = self.source.__getitems__([int(i) for i in mine])
     return {'image': np.stack([r['image'] for r in records]),
             'label': np.asarray([r['label'] for r in records], np.int32)}
 
 
-def open_split(builder: tfds.core.DatasetBuilder, split: str | list[str], global_batch: int) -> Split:
-  """`split` may be a list ('train', 'validation') to read several as one."""
-  split = '+'.join(split) if isinstance(split, (list, tuple)) else split
-  return Split(builder.as_data_source(split), global_batch)
+SCHEMES = ('pairs', 'cnn_study', 'mlp_study')
+
+
+def scheme_splits(labels: np.ndarray, index_in_class: np.ndarray, scheme: str,
+                  seed: int = 0) -> dict[str, np.ndarray]:
+  """Positions of each split under a study's own protocol, from each example's
+  class and its position in its class folder sorted by file name.
+
+  cnn_study: the first 40% of each class (4,000 of 10,000), shuffled, 80/20
+  train/test, then 10% of train for validation (5,760 / 640 / 1,600).
+  mlp_study: per class the first 50% train, the next 20% validation, the last
+  30% test (5,000 / 2,000 / 3,000 of each class of 10,000).
+  Neither keeps a face and its comic together, as the studies did not.
+  """
+  out = {'train': [], 'validation': [], 'test': []}
+  if scheme == 'mlp_study':
+    for c in (0, 1):
+      members = np.flatnonzero(labels == c)
+      members = members[np.argsort(index_in_class[members], kind='stable')]
+      a, b = len(members) * 5 // 10, len(members) * 7 // 10
+      for name, part in zip(out, (members[:a], members[a:b], members[b:])):
+        out[name].append(part)
+    return {k: np.concatenate(v) for k, v in out.items()}
+  if scheme == 'cnn_study':
+    chosen = np.concatenate([
+        m[np.argsort(index_in_class[m], kind='stable')][: len(m) * 4 // 10]
+        for m in (np.flatnonzero(labels == c) for c in (0, 1))])
+    chosen = np.random.default_rng(seed).permutation(chosen)
+    n_train = len(chosen) * 8 // 10
+    n_val = n_train // 10
+    return {'train': chosen[n_val:n_train], 'validation': chosen[:n_val], 'test': chosen[n_train:]}
+  raise ValueError(f'split scheme {scheme!r} is not one of {SCHEMES}')
+
+
+@functools.lru_cache(maxsize=4)
+def _scheme_source(builder: tfds.core.DatasetBuilder, scheme: str, seed: int):
+  source = builder.as_data_source('train+validation+test')
+  meta = [source.__getitems__(list(range(i, min(i + 1024, len(source)))))
+          for i in range(0, len(source), 1024)]
+  labels = np.asarray([r['label'] for chunk in meta for r in chunk])
+  index = np.asarray([r['index_in_class'] for chunk in meta for r in chunk])
+  return source, scheme_splits(labels, index, scheme, seed)
+
+
+def open_split(builder: tfds.core.DatasetBuilder, split: str | Sequence[str], global_batch: int,
+               scheme: str = 'pairs') -> Split:
+  """`split` may be several ('train', 'validation') read as one. `scheme` 'pairs' is
+  the builder's own pair-grouped split; the others are computed at load time."""
+  names = [split] if isinstance(split, str) else list(split)
+  if scheme == 'pairs':
+    return Split(builder.as_data_source('+'.join(names)), global_batch)
+  source, parts = _scheme_source(builder, scheme, 0)
+  return Split(source, global_batch, np.concatenate([parts[n] for n in names]))
 
 
 def steps_per_epoch(split: Split) -> int:

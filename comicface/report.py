@@ -108,12 +108,12 @@ def write(workdir: str, results: dict[str, Any], split: Any, probs: np.ndarray,
   example in its order; `trials` the grid's table, one dict per trial.
   """
   out = pathlib.Path(workdir)
-  labels = np.asarray([split.source[i]['label'] for i in range(split.num_examples)])
+  labels = np.asarray([split.record(i)['label'] for i in range(split.num_examples)])
   m = confusion(labels, probs)
   n, errors = int(m.sum()), int(m[0, 1] + m[1, 0])
   lo, hi = wilson_interval(n - errors, n)
   wrong = [i for i in np.flatnonzero((probs >= 0.5) != labels)][:32]
-  records = [split.source[int(i)] for i in wrong]
+  records = [split.record(i) for i in wrong]
   _misclassified_png([r['image'] for r in records],
                      [f'{r["filename"].decode()}\nP(face)={probs[i]:.3f}' for r, i in zip(records, wrong)],
                      out / 'misclassified.png')

@@ -7,6 +7,7 @@ steps are `jax.vmap`ped over it, and all trials see the same batches.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -93,12 +94,21 @@ def _sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
           'count': jnp.sum(mask)}
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
-  """One optimizer step on the mean cross-entropy; returns sums for the metrics."""
+def train_step(state: TrainState, batch: dict[str, jax.Array],
+               hflip: bool = False) -> tuple[TrainState, Metrics]:
+  """One optimizer step on the mean cross-entropy; returns sums for the metrics.
+
+  `hflip` mirrors a random half of the images left-right first (the MLP study's augmentation).
+  """
   rng = jax.random.fold_in(state.rng, state.step)
+  images = batch['image']
+  if hflip:
+    rng, flip_rng = jax.random.split(rng)
+    flip = jax.random.bernoulli(flip_rng, 0.5, images.shape[:1])[:, None, None, None]
+    images = jnp.where(flip, images[:, :, ::-1], images)
 
   def loss_fn(params):
-    logits = state.apply_fn({'params': params}, batch['image'], train=True,
+    logits = state.apply_fn({'params': params}, images, train=True,
                             dropout_rate=state.dropout_rate, rngs={'dropout': rng})
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     return losses.mean(), logits
@@ -123,13 +133,13 @@ class Steps:
   """The jitted steps for one mesh (vmapped over trials if `stacked`), and moving
   host batches onto the mesh."""
 
-  def __init__(self, mesh: jax.sharding.Mesh, stacked: bool = False):
+  def __init__(self, mesh: jax.sharding.Mesh, stacked: bool = False, hflip: bool = False):
     self.data = NamedSharding(mesh, P('data'))
     rep = NamedSharding(mesh, P())
     state = NamedSharding(mesh, P('trial')) if stacked else rep
-    train, evaluate = train_step, eval_step
+    train, evaluate = functools.partial(train_step, hflip=hflip), eval_step
     if stacked:
-      train, evaluate = (jax.vmap(f, in_axes=(0, None)) for f in (train_step, eval_step))
+      train, evaluate = (jax.vmap(f, in_axes=(0, None)) for f in (train, eval_step))
     self.train = jax.jit(train, out_shardings=(state, rep), donate_argnums=0)
     self.eval = jax.jit(evaluate, out_shardings=(rep, rep))
     self.predict = jax.jit(predict_step, out_shardings=self.data)
@@ -146,20 +156,27 @@ def summarize(sums: Metrics, prefix: str) -> list[Record]:
           for l, c, n in zip(loss, correct, count)]
 
 
+def _count(sums: Metrics) -> int:
+  """Examples counted (masked), the same for every trial."""
+  return int(np.atleast_1d(jax.device_get(sums['count']))[0])
+
+
 def _add(a: Metrics | None, b: Metrics) -> Metrics:
   return b if a is None else jax.tree.map(jnp.add, a, b)
 
 
 def evaluate_split(steps: Steps, state: TrainState, split: input_pipeline.Split,
                    prefix: str) -> tuple[list[Record], np.ndarray]:
-  """Loss and accuracy per trial over every example of `split` exactly once, and
-  P(face) per example (shape [examples] or [trials, examples]), in split order."""
+  """Loss and accuracy per trial over every example of `split` exactly once (with
+  the count of examples seen, across all processes), and P(face) per example
+  (shape [examples] or [trials, examples]), in split order."""
   sums, probs = None, []
   for batch in input_pipeline.eval_batches(split):
     s, p = steps.eval(state, steps.device_put(batch))
     sums = _add(sums, s)
     probs.append(np.asarray(jax.device_get(p)))
-  return summarize(sums, prefix), np.concatenate(probs, axis=-1)[..., :split.num_examples]
+  records = [{**r, f'num_{prefix}_examples': _count(sums)} for r in summarize(sums, prefix)]
+  return records, np.concatenate(probs, axis=-1)[..., :split.num_examples]
 
 
 class _Preemption:
@@ -219,12 +236,14 @@ def setup(config: ml_collections.ConfigDict, workdir: str,
   mngr = checkpointing.manager(workdir, config.keep_checkpoints)
   names = list(trial_names) or ['']
   histories = [[] for _ in names]
-  if mngr.latest_step() is not None:
-    tree, meta = checkpointing.restore(mngr, mngr.latest_step(), state_tree(state))
+  restored = checkpointing.restore_latest(mngr, state_tree(state))
+  if restored:
+    tree, meta = restored
     state, histories = state.replace(**tree), meta['histories']
     logging.info('%s: resumed from step %d (after epoch %d).', workdir, int(tree['step'].max()),
                  len(histories[0]))
-  return Run(config, workdir, Steps(mesh, stacked=bool(trials)), state, builder, mngr, names, histories)
+  steps = Steps(mesh, stacked=bool(trials), hflip=config.augment_hflip)
+  return Run(config, workdir, steps, state, builder, mngr, names, histories)
 
 
 def fit(run: Run, tensorboard_dirs: Sequence[str], stop_on_nonfinite: bool = True) -> bool:
@@ -233,8 +252,9 @@ def fit(run: Run, tensorboard_dirs: Sequence[str], stop_on_nonfinite: bool = Tru
   Returns False if preempted (after saving a checkpoint at the current step).
   """
   config = run.config
-  train = input_pipeline.open_split(run.builder, list(config.train_splits), config.batch_size)
-  val = input_pipeline.open_split(run.builder, 'validation', config.batch_size)
+  scheme = config.dataset.split_scheme
+  train = input_pipeline.open_split(run.builder, config.train_splits, config.batch_size, scheme)
+  val = input_pipeline.open_split(run.builder, 'validation', config.batch_size, scheme)
   spe = input_pipeline.steps_per_epoch(train)
   if spe == 0:
     raise configuration.ConfigError(
@@ -245,6 +265,8 @@ def fit(run: Run, tensorboard_dirs: Sequence[str], stop_on_nonfinite: bool = Tru
                len(run.trial_names), train.num_examples, val.num_examples)
   total = spe * config.num_epochs
   progress = logs.Progress(total, config.batch_size, config.log_every_steps)
+  if len(tensorboard_dirs) != len(run.trial_names):
+    raise ValueError(f'{len(tensorboard_dirs)} TensorBoard folders for {len(run.trial_names)} trials')
   writers = [logs.Writer(d, config) for d in tensorboard_dirs]
   step = int(np.max(jax.device_get(run.state.step)))
   try:
@@ -262,11 +284,12 @@ def fit(run: Run, tensorboard_dirs: Sequence[str], stop_on_nonfinite: bool = Tru
             progress.log(step, epoch + 1, config.num_epochs, records)
           if step % spe and preempted(run.mngr, step):
             checkpointing.save(run.mngr, step, state_tree(run.state), {'histories': run.histories})
-            run.mngr.wait_until_finished()
+            checkpointing.wait(run.mngr)
             return False
         val_records, _ = evaluate_split(run.steps, run.state, val, 'val')
         for history, writer, tr, va in zip(run.histories, writers, summarize(sums, 'train'), val_records):
-          record = {'epoch': epoch + 1, 'step': step, **tr, **va}
+          record = {'epoch': epoch + 1, 'step': step, **tr,
+                    'val_loss': va['val_loss'], 'val_accuracy': va['val_accuracy']}
           if stop_on_nonfinite:
             _check_finite([record], step)
           history.append(record)
@@ -277,9 +300,9 @@ def fit(run: Run, tensorboard_dirs: Sequence[str], stop_on_nonfinite: bool = Tru
                            metrics=best and {'val_accuracy': best['val_accuracy'],
                                              'val_loss': best['val_loss'], 'epoch': epoch + 1})
         if step < total and preempted(run.mngr, step):
-          run.mngr.wait_until_finished()
+          checkpointing.wait(run.mngr)
           return False
-      run.mngr.wait_until_finished()
+      checkpointing.wait(run.mngr)
   finally:
     for w in writers:
       w.close()
@@ -305,13 +328,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       logging.warning('Preempted: checkpoint saved; rerun the same command to resume.')
       return None
     step = run.mngr.latest_step() if config.test_checkpoint == 'last' else run.mngr.best_step()
-    test_split = input_pipeline.open_split(run.builder, 'test', config.batch_size)
+    test_split = input_pipeline.open_split(run.builder, 'test', config.batch_size,
+                                           config.dataset.split_scheme)
     (test,), probs = evaluate_split(run.steps, run.restore(step), test_split, 'test')
   finally:
     run.mngr.close()
   history = run.histories[0]
   chosen = next(r for r in history if r['step'] == step)
-  results = {**test, 'num_test_examples': test_split.num_examples, 'best_epoch': chosen['epoch'],
+  results = {**test, 'best_epoch': chosen['epoch'],
              'best_step': step, 'best_val_accuracy': chosen['val_accuracy'],
              'best_val_loss': chosen['val_loss'], 'history': history, 'config': config.to_dict()}
   if jax.process_index() == 0:

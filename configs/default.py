@@ -14,6 +14,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       manual_dir='',   # the Kaggle zip or folder; '' = generate the stand-in in the workdir
       data_dir='',     # where TFDS builds go; '' = ~/tensorflow_datasets, or the workdir for the stand-in
       max_bad_fraction=0.05,
+      split_scheme='pairs',  # or a study's own protocol: 'cnn_study', 'mlp_study'
       synthetic_pairs=700,  # the stand-in's size, when manual_dir is ''
       synthetic_size=256,
       synthetic_seed=0,
@@ -22,6 +23,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       name='cnn', filters_1=100, filters_2=50, dropout_rate=0.5, input_scaling='unit'))
   c.dtype = 'float32'  # computation dtype; parameters and optimizer state stay float32
   c.optimizer = 'adam'  # 'adam' or 'sgd'
+  c.augment_hflip = False  # mirror a random half of each training batch
   c.learning_rate = 1e-3
   c.batch_size = 32     # global, across all devices and processes
   c.train_splits = ('train',)  # ('train', 'validation') to retrain on both

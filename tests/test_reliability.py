@@ -1,0 +1,183 @@
+"""Reliability, for real: kill -9 and SIGTERM, corrupt checkpoints, NaN, several
+processes, a full disk, and bad input of every kind. Nothing already written is lost."""
+import json
+import os
+import pathlib
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, TINY_PAIRS
+
+# The tiny run of conftest.tiny_config, as main.py flags.
+TINY = ['--config=configs/default.py:runlocal', f'--config.dataset.synthetic_pairs={TINY_PAIRS}',
+        '--config.model.filters_1=8', '--config.model.filters_2=4', '--config.learning_rate=0.01',
+        '--config.batch_size=8', '--config.log_every_steps=1']
+
+
+def main_cmd(workdir, *flags):
+  return [sys.executable, str(ROOT / 'main.py'), f'--workdir={workdir}', *TINY, *flags]
+
+
+def run_main(workdir, *flags, env=None, timeout=300):
+  return subprocess.run(main_cmd(workdir, *flags), capture_output=True, text=True, cwd=ROOT,
+                        env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def final_params(workdir):
+  """The parameters of the last checkpoint, as numpy arrays."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ckpt = pathlib.Path(workdir) / 'checkpoints'
+  last = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+  with ocp.StandardCheckpointer() as c:
+    tree = c.restore(ckpt / str(last) / 'state')
+  return last, tree
+
+
+def assert_same_params(a, b):
+  """The last checkpoints of two workdirs hold bitwise equal states."""
+  import jax  # pylint: disable=g-import-not-at-top
+  (step_a, ta), (step_b, tb) = final_params(a), final_params(b)
+  assert step_a == step_b
+  flat_a, flat_b = (jax.tree_util.tree_flatten_with_path(t)[0] for t in (ta, tb))
+  assert [p for p, _ in flat_a] == [p for p, _ in flat_b] and len(flat_a) > 5
+  for (path, x), (_, y) in zip(flat_a, flat_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.fixture(scope='module')
+def straight(tmp_path_factory):
+  """An uninterrupted 3-epoch run: the reference."""
+  workdir = tmp_path_factory.mktemp('straight')
+  r = run_main(workdir, '--config.num_epochs=3')
+  assert r.returncode == 0, r.stderr[-3000:]
+  return workdir
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_kill_9_anywhere_then_resume_is_bitwise_exact(straight, tmp_path, seed):
+  workdir = tmp_path / 'w'
+  proc = subprocess.Popen(main_cmd(workdir, '--config.num_epochs=3'), cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  # Wait for training to start, then kill at a random moment of it (mid-epoch, mid-save).
+  deadline = time.time() + 120
+  while not (workdir / 'config.json').exists() and time.time() < deadline:
+    time.sleep(0.02)
+  time.sleep(random.Random(seed).uniform(2.0, 7.0))
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  r = run_main(workdir, '--config.num_epochs=3')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert_same_params(workdir, straight)
+  a, b = (json.loads((d / 'results.json').read_text()) for d in (workdir, straight))
+  assert a['test_accuracy'] == b['test_accuracy'] and a['test_loss'] == b['test_loss']
+  assert a['history'] == b['history']
+
+
+def test_sigterm_saves_mid_epoch_and_exits_0(straight, tmp_path):
+  workdir = tmp_path / 'w'
+  proc = subprocess.Popen(main_cmd(workdir, '--config.num_epochs=3'), cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  seen = ''
+  while 'step 3/' not in seen:  # training has begun
+    line = proc.stderr.readline()
+    assert line, 'the run ended before training'
+    seen += line
+  proc.send_signal(signal.SIGTERM)
+  _, rest = proc.communicate(timeout=120)
+  assert proc.returncode == 0, (seen + rest)[-3000:]
+  assert 'SIGTERM received' in seen + rest
+  steps = [int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()]
+  assert steps and not (workdir / 'results.json').exists()
+  r = run_main(workdir, '--config.num_epochs=3')
+  assert r.returncode == 0 and 'resumed from step' in r.stderr
+  assert_same_params(workdir, straight)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(straight, tmp_path):
+  workdir = tmp_path / 'w'
+  shutil.copytree(straight, workdir)
+  (workdir / 'results.json').unlink()
+  latest = max(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  data = sorted((workdir / 'checkpoints' / str(latest) / 'state').rglob('d/*'),
+                key=lambda p: p.stat().st_size)[-1]
+  data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])  # truncated
+  r = run_main(workdir, '--config.num_epochs=3')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f'Checkpoint {workdir / "checkpoints" / str(latest)} cannot be read' in r.stderr
+  assert (workdir / 'checkpoints' / f'corrupt-{latest}').exists()  # moved aside, not deleted
+  assert_same_params(workdir, straight)  # the previous epoch was retrained to the same end
+
+
+def test_nan_loss_stops_naming_step_and_keeps_good_checkpoints(tmp_path):
+  workdir = tmp_path / 'w'
+  r = run_main(workdir, '--config.num_epochs=3', '--config.optimizer=sgd', '--config.learning_rate=1e35')
+  assert r.returncode != 0
+  assert 'NonFiniteLossError: train_loss is nan at step' in r.stderr or (
+      'NonFiniteLossError: train_loss is inf at step' in r.stderr)
+  steps = [int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()] if (
+      workdir / 'checkpoints').exists() else []
+  assert not steps  # nothing with NaN was saved
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path):
+  """2 processes x 2 CPU devices over loopback == 1 process x 4 devices."""
+  one = tmp_path / 'one'
+  r = run_main(one, '--config.num_epochs=2',
+               env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  assert r.returncode == 0, r.stderr[-3000:]
+  two = tmp_path / 'two'
+  port = _free_port()
+  procs = [subprocess.Popen(main_cmd(two, '--config.num_epochs=2'), cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+                                 'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}',
+                                 'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)})
+           for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  a, b = (json.loads((d / 'results.json').read_text()) for d in (one, two))
+  test_pairs = a['num_test_examples']
+  assert b['num_test_examples'] == test_pairs  # every test example counted once, across processes
+  for ra, rb in zip(a['history'], b['history']):
+    assert ra == pytest.approx(rb, rel=1e-4, abs=1e-5)
+  assert b['test_accuracy'] == pytest.approx(a['test_accuracy'])
+  assert 'img/s ETA' in outs[0][1] and 'img/s ETA' not in outs[1][1]  # process 0 alone logs
+  state = two / 'checkpoints' / str(b['best_step']) / 'state'
+  assert (state / 'ocdbt.process_0').exists()
+
+
+def test_nan_midway_keeps_the_last_good_checkpoint(tmp_path):
+  """Parameters that blow up in epoch 2 stop the run before anything replaces epoch 1's checkpoint."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from comicface import checkpointing, train  # pylint: disable=g-import-not-at-top
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  config = tiny_config(num_epochs=1)
+  run = train.setup(config, str(tmp_path))
+  assert train.fit(run, [str(tmp_path)])
+  good = run.mngr.all_steps()
+  run.config = tiny_config(num_epochs=2)
+  run.state = run.state.replace(params=jax.tree.map(lambda x: x * np.inf, run.state.params))
+  with pytest.raises(train.NonFiniteLossError, match=r'train_loss is nan at step \d+'):
+    train.fit(run, [str(tmp_path)])
+  run.mngr.close()
+  mngr = checkpointing.manager(str(tmp_path), 2)
+  assert mngr.all_steps() == good
+  tree, _ = checkpointing.restore(mngr, good[-1], train.state_tree(train.create_train_state(
+      config, train.make_mesh())))
+  mngr.close()
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree['params']))

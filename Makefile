@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/default
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint bench
 install: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
@@ -22,3 +22,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check --select F,E9 --line-length 110 .
+
+bench: install
+	$(VENV)/bin/pip install -q -r bench/requirements.txt
+	$(PY) -m bench.compare

@@ -6,6 +6,7 @@ The trials phase only (no retraining), on a generated stand-in of `--pairs` pair
 (70% of them train), 128x128 grey, the study's filter counts and batch 32.
 """
 import argparse
+import json
 import pathlib
 import shutil
 import tempfile
@@ -23,6 +24,7 @@ def main() -> None:
   p.add_argument('--pairs', type=int, default=180)
   p.add_argument('--epochs', type=int, default=1)
   p.add_argument('--modes', default='stacked,sequential')
+  p.add_argument('--json', action='store_true', help="'auto' mode only, one JSON line")
   a = p.parse_args()
   root = pathlib.Path(tempfile.mkdtemp(prefix='grid_time_'))
   synthetic.write_dataset(root / 'source', a.pairs, size=256)
@@ -34,15 +36,20 @@ def main() -> None:
   trials, epochs = grid.expand(config)
   builder = input_pipeline.prepare(config, str(root))
   n = builder.info.splits['train'].num_examples
-  print(f'{len(trials)} trials x {a.epochs} epoch(s) on {n} train images, '
-        f'{jax.device_count()} x {jax.devices()[0].device_kind}', flush=True)
-  for mode in a.modes.split(','):
+  if not a.json:
+    print(f'{len(trials)} trials x {a.epochs} epoch(s) on {n} train images, '
+          f'{jax.device_count()} x {jax.devices()[0].device_kind}', flush=True)
+  modes = [grid.resolve_mode(config)] if a.json else a.modes.split(',')
+  for mode in modes:
     start = time.perf_counter()
     for group in grid.groups(trials, mode):
       grid.run_group(group, root / mode, mode, epochs)
     secs = time.perf_counter() - start
-    print(f'{mode:<10} {secs:8.1f} s  {secs / len(trials):6.1f} s/trial  '
-          f'{len(trials) * n * a.epochs / secs:6.1f} train img/s', flush=True)
+    if a.json:
+      print(json.dumps({'mode': mode, 'trials': len(trials), 'images': n, 'seconds': secs}))
+    else:
+      print(f'{mode:<10} {secs:8.1f} s  {secs / len(trials):6.1f} s/trial  '
+            f'{len(trials) * n * a.epochs / secs:6.1f} train img/s', flush=True)
   shutil.rmtree(root)
 
 

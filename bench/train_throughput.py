@@ -1,24 +1,26 @@
-"""Training and evaluation images/s of both models at the studies' batch sizes.
+"""Training and prediction images/s of both models at the studies' batch sizes.
 
-    python -m bench.train_throughput [--steps 30] [--dtype float32]
+    python -m bench.train_throughput [--steps 30] [--dtype float32|bfloat16]
+    python -m bench.train_throughput --json --model cnn --batch 32 [--optimizer sgd] [--dtype ...]
 
-Times the jitted, sharded train and eval steps of comicface.train on device-resident
-random batches (compilation excluded), i.e. the model's own speed, not the input pipeline's.
+Times the jitted, sharded train step and the predict step of comicface.train on
+device-resident random batches (compilation excluded): the models' own speed, not
+the input pipeline's. `--json` prints one line for bench/compare.py.
 """
 import argparse
+import json
 import time
 
 import comicface  # noqa: F401  (XLA flags for CPUs, before JAX starts)
 import jax
 import numpy as np
 
-from comicface import models, train
+from comicface import train
 from configs import default, mlp
 
 
 def rate(fn, n_steps: int, batch: int) -> float:
-  out = fn()  # compile and warm up
-  jax.block_until_ready(out)
+  jax.block_until_ready(fn())  # compile and warm up
   start = time.perf_counter()
   for _ in range(n_steps):
     out = fn()
@@ -26,36 +28,51 @@ def rate(fn, n_steps: int, batch: int) -> float:
   return n_steps * batch / (time.perf_counter() - start)
 
 
-def measure(config, n_steps: int) -> tuple[float, float]:
+def measure(config, n_steps: int, predict_batch: int = 256) -> dict[str, float]:
+  """Train and predict images/s of `config`'s model."""
   mesh = train.make_mesh()
   steps = train.Steps(mesh)
   shape = train.image_shape(config)
-  state = train.create_train_state(config, models.create_model(config), shape, mesh)
+  holder = [train.create_train_state(config, mesh)]
   rng = np.random.default_rng(0)
   b = config.batch_size
   batch = steps.device_put({'image': rng.integers(0, 256, (b, *shape), dtype=np.uint8),
                             'label': rng.integers(0, 2, b).astype(np.int32)})
-  holder = [state]
+  images = steps.device_put({'x': rng.integers(0, 256, (predict_batch, *shape), dtype=np.uint8)})['x']
 
   def train_once():
     holder[0], m = steps.train(holder[0], batch)
     return m
-  eval_batch = dict(batch, mask=steps.device_put({'m': np.ones(b, np.float32)})['m'])
-  return rate(train_once, n_steps, b), rate(lambda: steps.eval(holder[0], eval_batch), n_steps, b)
+  return {'train_img_s': rate(train_once, n_steps, b),
+          'predict_img_s': rate(lambda: steps.predict(holder[0], images), max(3, n_steps // 4), predict_batch)}
+
+
+def config_for(model: str, batch: int, dtype: str, optimizer: str):
+  config = default.get_config() if model == 'cnn' else mlp.get_config()
+  config.batch_size, config.dtype, config.optimizer = batch, dtype, optimizer
+  return config
 
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--steps', type=int, default=30)
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  p.add_argument('--json', action='store_true', help='one model, one JSON line')
+  p.add_argument('--model', default='cnn', choices=['cnn', 'mlp'])
+  p.add_argument('--batch', type=int, default=None)
+  p.add_argument('--optimizer', default='adam', choices=['adam', 'sgd'])
   a = p.parse_args()
+  if a.json:
+    batch = a.batch or (32 if a.model == 'cnn' else 64)
+    out = measure(config_for(a.model, batch, a.dtype, a.optimizer), a.steps)
+    print(json.dumps({'model': a.model, 'batch': batch, 'dtype': a.dtype, 'optimizer': a.optimizer, **out}))
+    return
   print(f'{jax.device_count()} x {jax.devices()[0].device_kind}, dtype {a.dtype}')
-  print(f'{"model":<34} {"batch":>5} {"train img/s":>12} {"eval img/s":>11}')
-  for name, config in (('CNN 100/50, 128x128x1', default.get_config()),
-                       ('MLP 1728-128-128-2, 24x24x3', mlp.get_config())):
-    config.dtype = a.dtype
-    tr, ev = measure(config, a.steps)
-    print(f'{name:<34} {config.batch_size:>5} {tr:>12.1f} {ev:>11.1f}')
+  print(f'{"model":<30} {"batch":>5} {"train img/s":>12} {"predict img/s (256)":>20}')
+  for name, model, batch in (('CNN 100/50, 128x128x1', 'cnn', 32), ('CNN 100/50, 128x128x1', 'cnn', 64),
+                             ('MLP 1728-128-128-2, 24x24x3', 'mlp', 64)):
+    r = measure(config_for(model, batch, a.dtype, 'adam'), a.steps)
+    print(f'{name:<30} {batch:>5} {r["train_img_s"]:>12.1f} {r["predict_img_s"]:>20.1f}', flush=True)
 
 
 if __name__ == '__main__':

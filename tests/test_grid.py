@@ -67,13 +67,18 @@ def test_selection_breaks_ties_by_loss_then_fewer_epochs():
   assert grid.select({'c': histories['c']}, [1])[1]['epoch'] == 1           # only NaN: still a result
 
 
-def test_stacked_equals_sequential(tmp_path):
-  results = {}
-  for mode in ('stacked', 'sequential'):
-    config = tiny_grid(grid_parallel=mode)
-    out = grid.run(config, str(tmp_path / mode))
-    assert out['grid_parallel'] == mode
-    results[mode] = {t['trial']: t for t in out['trials']}
+@pytest.fixture(scope='module')
+def sequential(tmp_path_factory):
+  """The tiny grid run trial after trial, uninterrupted: (workdir, results)."""
+  workdir = tmp_path_factory.mktemp('sequential')
+  return workdir, grid.run(tiny_grid(grid_parallel='sequential'), str(workdir))
+
+
+def test_stacked_equals_sequential(tmp_path, sequential):
+  results = {'sequential': {t['trial']: t for t in sequential[1]['trials']}}
+  out = grid.run(tiny_grid(grid_parallel='stacked'), str(tmp_path / 'stacked'))
+  assert out['grid_parallel'] == 'stacked' and sequential[1]['grid_parallel'] == 'sequential'
+  results['stacked'] = {t['trial']: t for t in out['trials']}
   assert results['stacked'].keys() == results['sequential'].keys() and len(results['stacked']) == 4
   for name, s in results['stacked'].items():
     q = results['sequential'][name]
@@ -100,18 +105,19 @@ def test_retrain_on_train_and_validation(tmp_path):
   assert out['chosen'] == {'learning_rate': 1e-2}
 
 
-def test_interrupted_grid_skips_finished_trials_and_resumes(tmp_path, caplog):
-  """kill -9 during the second trial; the rerun does not redo the first and resumes the second."""
+def test_interrupted_grid_skips_finished_trials_and_resumes(tmp_path, caplog, sequential):
+  """kill -9 during the second trial; the rerun does not redo the first, resumes the second,
+  and ends with the winner and test accuracy of the uninterrupted grid."""
   workdir = tmp_path / 'w'
   script = ('import sys\n'
             'from conftest import tiny_config\n'
             'from test_grid import tiny_grid\n'
             'from comicface import grid\n'
-            'grid.run(tiny_grid(grid_parallel="sequential", num_epochs=3), sys.argv[1])\n')
+            'grid.run(tiny_grid(grid_parallel="sequential"), sys.argv[1])\n')
   env = {**os.environ, 'PYTHONPATH': f'{ROOT}{os.pathsep}{ROOT / "tests"}'}
   proc = subprocess.Popen([sys.executable, '-c', script, str(workdir)], env=env, cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  trials, _ = grid.expand(tiny_grid(num_epochs=3))
+  trials, _ = grid.expand(tiny_grid())
   first, second = (workdir / 'trials' / t.name for t in trials[:2])
   deadline = time.time() + 240
   while time.time() < deadline and not any(
@@ -122,10 +128,13 @@ def test_interrupted_grid_skips_finished_trials_and_resumes(tmp_path, caplog):
   assert (first / 'trial.json').exists() and not (second / 'trial.json').exists()
   before = (first / 'trial.json').stat().st_mtime_ns
   caplog.set_level('INFO')
-  out = grid.run(tiny_grid(grid_parallel='sequential', num_epochs=3), str(workdir))
+  out = grid.run(tiny_grid(grid_parallel='sequential'), str(workdir))
   assert (first / 'trial.json').stat().st_mtime_ns == before  # not rerun
   assert len(out['trials']) == 4
   history = json.loads((second / 'trial.json').read_text())['history']
-  assert [h['epoch'] for h in history] == [1, 2, 3]
+  assert [h['epoch'] for h in history] == [1, 2]
+  straight = sequential[1]
+  assert out['winner'] == straight['winner'] and out['test_accuracy'] == straight['test_accuracy']
+  assert out['trials'] == straight['trials']
   assert f'{second}: resumed from step' in caplog.text
   assert f'Skipping finished trial(s) [{trials[0].name!r}]' in caplog.text

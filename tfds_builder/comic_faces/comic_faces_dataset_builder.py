@@ -210,29 +210,41 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     by_split = collections.defaultdict(list)
     for item in items:
       by_split[split_of(item.pair_id)].append(item)
-    return {name: self._generate_examples(name, by_split[name]) for name, _ in SPLIT_SHARES}
-
-  def _generate_examples(self, split: str, items: list[Item]):
+    # One pool decodes every split, all cores busy, also while TFDS writes the
+    # previous split; each split reads its results in input order (deterministic).
     c = self.builder_config
-    bad = {}
-    with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
-      # map() keeps input order, so the output does not depend on thread timing.
-      futures = pool.map(lambda it: _try(_decode, it, c.size, c.mode), items)
-      for item, (image, error) in zip(items, futures):
+    pool = concurrent.futures.ThreadPoolExecutor(_THREADS)
+    futures = {name: [pool.submit(_try, _decode, it, c.size, c.mode) for it in by_split[name]]
+               for name, _ in SPLIT_SHARES}
+    last = SPLIT_SHARES[-1][0]
+    return {name: self._generate_examples(name, by_split[name], futures[name], pool, name == last)
+            for name, _ in SPLIT_SHARES}
+
+  def _generate_examples(self, split: str, items: list[Item], futures: list,
+                         pool: concurrent.futures.Executor, last: bool):
+    finished = False
+    try:
+      bad = {}
+      for item, future in zip(items, futures):
+        image, error = future.result()
         if error:
           logging.warning('Skipping unreadable %s: %s', item.filename, error)
           bad[item.filename] = error
           continue
         yield item.filename, {'image': image, 'label': item.label, 'pair_id': item.pair_id,
                               'filename': item.filename, 'index_in_class': item.index_in_class}
-    self.info.metadata['bad_files'].update(bad)
-    logging.info('%s: %d images written, %d skipped as unreadable.',
-                 split, len(items) - len(bad), len(bad))
-    if items and len(bad) > self.max_bad_fraction * len(items):
-      raise TooManyBadImagesError(
-          f'{len(bad)} of {len(items)} images in split {split!r} are unreadable, more than '
-          f'max_bad_fraction={self.max_bad_fraction:g}: {sorted(bad.items())[:20]}. '
-          'Check the download, or raise the limit ($COMIC_FACES_MAX_BAD_FRACTION).')
+      self.info.metadata['bad_files'].update(bad)
+      logging.info('%s: %d images written, %d skipped as unreadable.',
+                   split, len(items) - len(bad), len(bad))
+      if items and len(bad) > self.max_bad_fraction * len(items):
+        raise TooManyBadImagesError(
+            f'{len(bad)} of {len(items)} images in split {split!r} are unreadable, more than '
+            f'max_bad_fraction={self.max_bad_fraction:g}: {sorted(bad.items())[:20]}. '
+            'Check the download, or raise the limit ($COMIC_FACES_MAX_BAD_FRACTION).')
+      finished = True
+    finally:
+      if last or not finished:  # done, failed, or abandoned: stop decoding
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _try(fn, *args):

@@ -120,7 +120,7 @@ def write(workdir: str, results: dict[str, Any], split: Any, probs: np.ndarray,
   _confusion_png(m, out / 'confusion.png')
   _curves(results['history'], out / 'curves.png')
   lines = [f'# Report: {out.name}', '',
-           f'**Test accuracy: {results["test_accuracy"]:.4%}** (95% CI {lo:.2%} to {hi:.2%}, Wilson), '
+           f'**Test accuracy: {results["test_accuracy"]:.2%}** (95% CI {lo:.2%} to {hi:.2%}, Wilson), '
            f'{errors} errors out of {n} test images; test loss {results["test_loss"]:.4f}.', '',
            f'Checkpoint tested: epoch {results["best_epoch"]} (validation accuracy '
            f'{results["best_val_accuracy"]:.4f}, loss {results["best_val_loss"]:.4f}).', '']

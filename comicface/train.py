@@ -260,9 +260,9 @@ def fit(run: Run, tensorboard_dirs: Sequence[str], stop_on_nonfinite: bool = Tru
     raise configuration.ConfigError(
         f'config.batch_size={config.batch_size} is larger than the training set '
         f'({train.num_examples} examples): lower it.')
+  per_model = sum(x.size for x in jax.tree.leaves(run.state.params)) // len(run.trial_names)
   logging.info('%s: %d parameters per model, %d trial(s); %d train / %d validation examples.',
-               run.workdir, sum(x[0].size if run.stacked else x.size for x in jax.tree.leaves(run.state.params)),
-               len(run.trial_names), train.num_examples, val.num_examples)
+               run.workdir, per_model, len(run.trial_names), train.num_examples, val.num_examples)
   total = spe * config.num_epochs
   progress = logs.Progress(total, config.batch_size, config.log_every_steps)
   if len(tensorboard_dirs) != len(run.trial_names):
@@ -283,6 +283,8 @@ def fit(run: Run, tensorboard_dirs: Sequence[str], stop_on_nonfinite: bool = Tru
               _check_finite(records, step)
             progress.log(step, epoch + 1, config.num_epochs, records)
           if step % spe and preempted(run.mngr, step):
+            if stop_on_nonfinite:
+              _check_finite(summarize(sums, 'train'), step)
             checkpointing.save(run.mngr, step, state_tree(run.state), {'histories': run.histories})
             checkpointing.wait(run.mngr)
             return False

@@ -138,3 +138,20 @@ def test_interrupted_grid_skips_finished_trials_and_resumes(tmp_path, caplog, se
   assert out['trials'] == straight['trials']
   assert f'{second}: resumed from step' in caplog.text
   assert f'Skipping finished trial(s) [{trials[0].name!r}]' in caplog.text
+
+
+def test_grid_is_overridden_from_the_command_line():
+  """main.py's own flags: `--config.grid.X=(...)` replaces an axis."""
+  script = ('import json, sys\n'
+            'import main\n'
+            'from comicface import grid\n'
+            'main.FLAGS(sys.argv)\n'
+            'trials, _ = grid.expand(main.FLAGS.config)\n'
+            'print(json.dumps([[t.config.model.filters_1, t.config.learning_rate] for t in trials]))\n')
+  r = subprocess.run([sys.executable, '-c', script, '--config=configs/cnn_grid.py', '--workdir=unused',
+                      '--config.grid.learning_rate=(0.1,0.01,0.001)', '--config.grid.model.filters_1=(64,)'],
+                     capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  trials = json.loads(r.stdout.strip().splitlines()[-1])
+  assert len(trials) == 3 * 1 * 2 * 2
+  assert {f for f, _ in trials} == {64} and {lr for _, lr in trials} == {0.1, 0.01, 0.001}

@@ -1,0 +1,61 @@
+"""This machine's peak matrix-multiply rate, and the fraction of it the CNN train step reaches.
+
+    python -m bench.peak [--n 4096] [--batch 32]
+
+Peak: a large square `jnp.dot` in float32 and bfloat16. Step FLOPs: XLA's own cost
+analysis of the compiled train step (convolutions, dense layers, their gradients).
+"""
+import argparse
+import time
+
+import comicface  # noqa: F401  (XLA flags for CPUs, before JAX starts)
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench.train_throughput import config_for, rate
+from comicface import train
+
+
+def dot_gflops(n: int, dtype) -> float:
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  start, reps = time.perf_counter(), 5
+  for _ in range(reps):
+    out = f(a)
+  jax.block_until_ready(out)
+  return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--n', type=int, default=4096)
+  p.add_argument('--batch', type=int, default=32)
+  p.add_argument('--steps', type=int, default=10)
+  a = p.parse_args()
+  for dtype in ('float32', 'bfloat16'):
+    peak = dot_gflops(a.n, jnp.dtype(dtype))
+    config = config_for('cnn', a.batch, dtype, 'adam')
+    mesh = train.make_mesh()
+    steps = train.Steps(mesh)
+    state = train.create_train_state(config, mesh)
+    shape = train.image_shape(config)
+    rng = np.random.default_rng(0)
+    batch = steps.device_put({'image': rng.integers(0, 256, (a.batch, *shape), dtype=np.uint8),
+                              'label': rng.integers(0, 2, a.batch).astype(np.int32)})
+    flops = steps.train.lower(state, batch).compile().cost_analysis()['flops']
+    holder = [state]
+
+    def once():
+      holder[0], m = steps.train(holder[0], batch)
+      return m
+    img_s = rate(once, a.steps, a.batch)
+    achieved = flops * img_s / a.batch / 1e9
+    print(f'{dtype:<9} peak {peak:7.1f} GFLOP/s; CNN train step {flops / 1e9:6.2f} GFLOP per batch of '
+          f'{a.batch}, {img_s:6.1f} img/s = {achieved:6.1f} GFLOP/s = {achieved / peak:5.1%} of peak',
+          flush=True)
+
+
+if __name__ == '__main__':
+  main()

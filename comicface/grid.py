@@ -145,13 +145,25 @@ def run_group(group: list[Trial], workdir: pathlib.Path, mode: str, epochs: list
   return True
 
 
+def _one_dataset(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+  """`config` with the grid's own stand-in (generated and built once, in `workdir`) as
+  its source when it has no manual_dir, so that every trial and the retrain share it."""
+  if config.dataset.manual_dir:
+    return config
+  input_pipeline.prepare(config, workdir)
+  manual_dir, data_dir, _ = input_pipeline.source_dirs(config.dataset, workdir)
+  shared = ml_collections.ConfigDict(config.to_dict())
+  shared.dataset.manual_dir, shared.dataset.data_dir = str(manual_dir), data_dir
+  return shared
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
   """Runs the grid of `config` in `workdir`; writes and returns `results.json`."""
   root = pathlib.Path(workdir)
   configuration.claim_workdir(config, workdir)
   if (root / 'results.json').exists():
     return json.loads((root / 'results.json').read_text())
-  trials, epochs = expand(config)
+  trials, epochs = expand(_one_dataset(config, workdir))
   mode = resolve_mode(config)
   logging.info('Grid: %d trials, epochs %s, %s.', len(trials), epochs, mode)
   for group in groups(trials, mode):
@@ -183,11 +195,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
   results.update(chosen=winner.values, best_epoch=best['epoch'], best_val_accuracy=best['val_accuracy'],
                  best_val_loss=best['val_loss'], winner=best_name, trials=table, grid_parallel=mode,
                  history=histories[best_name], config=config.to_dict())
+  builder = input_pipeline.prepare(final, str(root / 'final'))  # built: only checked
   if jax.process_index() == 0:
     (root / 'results.json').write_text(json.dumps(results, indent=2))
-    builder = input_pipeline.prepare(final, str(root / 'final'))
-    test = input_pipeline.open_split(builder, 'test', final.batch_size,
-                                          final.dataset.split_scheme)
+    test = input_pipeline.open_split(builder, 'test', final.batch_size, final.dataset.split_scheme)
     probs = np.load(root / 'final' / 'test_predictions.npy')
     report.write(workdir, results, test, probs, table, [k for k in axes(config) if k != EPOCHS])
   return results

@@ -42,7 +42,7 @@ def builder_config(dataset_name: str) -> cfb.ComicFacesConfig:
   return configs[config]
 
 
-def _source_dirs(ds: ml_collections.ConfigDict, workdir: str) -> tuple[pathlib.Path, str | None, bool]:
+def source_dirs(ds: ml_collections.ConfigDict, workdir: str) -> tuple[pathlib.Path, str | None, bool]:
   """(manual_dir, data_dir, is_stand_in) for the config."""
   if ds.manual_dir:
     return pathlib.Path(ds.manual_dir).expanduser(), ds.data_dir or None, False
@@ -61,7 +61,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tfds.core.Datase
   their own (local disks).
   """
   ds = config.dataset
-  manual_dir, data_dir, stand_in = _source_dirs(ds, workdir)
+  manual_dir, data_dir, stand_in = source_dirs(ds, workdir)
   for turn in range(2):
     if (jax.process_index() == 0) == (turn == 0):
       if stand_in:

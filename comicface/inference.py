@@ -37,10 +37,10 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str,
     step = mngr.best_step() if step is None else step
     if step not in available:
       raise NoCheckpointError(f'{workdir} has no checkpoint at step {step}; it has {sorted(available)}.')
-    tree, _ = checkpointing.restore(mngr, step, train.state_tree(state))
+    state = train.restore(mngr, step, state)
   finally:
     mngr.close()
-  return train.Steps(mesh), state.replace(**tree), step
+  return train.Steps(mesh), state, step
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, split: str = 'test',

@@ -222,8 +222,13 @@ class Run:
     return len(self.trial_names) > 1
 
   def restore(self, step: int) -> TrainState:
-    tree, _ = checkpointing.restore(self.mngr, step, state_tree(self.state))
-    return self.state.replace(**tree)
+    return restore(self.mngr, step, self.state)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, state: TrainState) -> TrainState:
+  """`state` with the arrays of checkpoint `step`, in their shardings."""
+  tree, _ = checkpointing.restore(mngr, step, state_tree(state))
+  return state.replace(**tree)
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str,

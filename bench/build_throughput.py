@@ -3,7 +3,7 @@
     python -m bench.build_throughput [--pairs 100] [--config gray128]
 
 The study's loop: `cv2.imread(path, cv2.IMREAD_GRAYSCALE)` then `cv2.resize(img, (128, 128))`,
-one process. The builder: a full `download_and_prepare` (decode, resize, PNG-encode, write
+one process. The builder: a full `download_and_prepare` (decode, resize, serialise raw pixels, write
 array_record) on all cores. Needs `pip install -r bench/requirements.txt` (OpenCV).
 """
 import argparse

@@ -52,6 +52,34 @@ def test_jpeg_draft_matches_full_decode():
     assert np.abs(fast[..., 0] - slow).mean() < 1.0
 
 
+@pytest.mark.parametrize('size, mode', [(128, 'L'), (24, 'RGB'), (100, 'L')])
+def test_turbo_path_matches_pillow(size, mode):
+  """Plain JPEGs decode through libjpeg-turbo with the same pixels as Pillow's path."""
+  for data in synthetic.render_pair(seed=0, index=1, size=1000):
+    img = imaging._decode_turbo(data, size, mode)
+    assert img is not None
+    np.testing.assert_array_equal(np.asarray(img), np.asarray(imaging._decode_pil(data, size, mode)))
+
+
+@pytest.mark.parametrize('data', [
+    encode(Image.new('RGB', (64, 64), RED), 'PNG'),
+    encode(Image.new('RGB', (64, 64), RED).convert('CMYK'), 'JPEG'),
+    encode(Image.new('RGB', (64, 64), RED), 'JPEG', exif=Image.Exif()),  # may hold a rotation
+    encode(Image.new('RGB', (64, 64), RED), 'JPEG')[:300],  # truncated
+], ids=['png', 'cmyk', 'exif', 'truncated'])
+def test_turbo_path_leaves_the_rest_to_pillow(data):
+  assert imaging._decode_turbo(data, 16, 'RGB') is None
+
+
+def test_exif_orientation_is_applied():
+  img = np.zeros((64, 64), np.uint8)
+  img[:, 32:] = 255  # white on the right
+  exif = Image.Exif()
+  exif[0x0112] = 3  # stored upside down: a viewer turns it by 180 degrees
+  out = imaging.load_image(encode(Image.fromarray(img), 'JPEG', exif=exif), 8, 'L')[..., 0]
+  assert out[:, :3].min() > 200 and out[:, 5:].max() < 50
+
+
 def test_non_square_is_centre_cropped():
   img = np.zeros((40, 120), np.uint8)
   img[:, 40:80] = 255  # the centre square is white, the sides black

@@ -31,7 +31,7 @@ def main() -> None:
   start, n = time.perf_counter(), 0
   for epoch in range(1, 4):
     for batch in input_pipeline.train_batches(split, 0, epoch):
-      n += len(batch['label'])
+      n += batch['label'].size
   rate = n / (time.perf_counter() - start)
   if a.json:
     print(json.dumps({'input_img_s': rate, 'config': a.config, 'batch': a.batch}))

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.train_throughput import config_for, rate
+from bench.train_throughput import config_for, random_block, rate
 from comicface import train
 
 
@@ -40,10 +40,7 @@ def main() -> None:
     mesh = train.make_mesh()
     steps = train.Steps(mesh)
     state = train.create_train_state(config, mesh)
-    shape = train.image_shape(config)
-    rng = np.random.default_rng(0)
-    batch = steps.device_put({'image': rng.integers(0, 256, (a.batch, *shape), dtype=np.uint8),
-                              'label': rng.integers(0, 2, a.batch).astype(np.int32)})
+    batch = random_block(steps, config)  # one step per call (the CNN config's steps_per_call)
     flops = steps.train.lower(state, batch).compile().cost_analysis()['flops']
     holder = [state]
 

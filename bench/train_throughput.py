@@ -28,26 +28,34 @@ def rate(fn, n_steps: int, batch: int) -> float:
   return n_steps * batch / (time.perf_counter() - start)
 
 
+def random_block(steps: train.Steps, config) -> dict[str, jax.Array]:
+  """`config.steps_per_call` random batches, on the devices: what one train call takes."""
+  rng = np.random.default_rng(0)
+  k, b = config.steps_per_call, config.batch_size
+  return steps.device_put({'image': rng.integers(0, 256, (k, b, *train.image_shape(config)), dtype=np.uint8),
+                           'label': rng.integers(0, 2, (k, b)).astype(np.int32)}, block=True)
+
+
 def measure(config, n_steps: int, predict_batch: int = 256) -> dict[str, float]:
-  """Train and predict images/s of `config`'s model."""
+  """Train and predict images/s of `config`'s model (`n_steps` steps, rounded up to whole calls)."""
   mesh = train.make_mesh()
   steps = train.Steps(mesh)
-  shape = train.image_shape(config)
   holder = [train.create_train_state(config, mesh)]
-  rng = np.random.default_rng(0)
-  b = config.batch_size
-  batch = steps.device_put({'image': rng.integers(0, 256, (b, *shape), dtype=np.uint8),
-                            'label': rng.integers(0, 2, b).astype(np.int32)})
-  images = steps.device_put({'x': rng.integers(0, 256, (predict_batch, *shape), dtype=np.uint8)})['x']
+  block = random_block(steps, config)
+  rng = np.random.default_rng(1)
+  images = steps.device_put(
+      {'x': rng.integers(0, 256, (predict_batch, *train.image_shape(config)), dtype=np.uint8)})['x']
 
   def train_once():
-    holder[0], m = steps.train(holder[0], batch)
+    holder[0], m = steps.train(holder[0], block)
     return m
-  return {'train_img_s': rate(train_once, n_steps, b),
+  k = config.steps_per_call
+  return {'train_img_s': rate(train_once, -(-n_steps // k), k * config.batch_size),
           'predict_img_s': rate(lambda: steps.predict(holder[0], images), max(3, n_steps // 4), predict_batch)}
 
 
 def config_for(model: str, batch: int, dtype: str, optimizer: str):
+  """The model's shipped config (with its steps_per_call), at this batch, dtype and optimizer."""
   config = default.get_config() if model == 'cnn' else mlp.get_config()
   config.batch_size, config.dtype, config.optimizer = batch, dtype, optimizer
   return config

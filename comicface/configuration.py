@@ -32,6 +32,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.model.name in models.MODELS, 'model.name', f'one of {sorted(models.MODELS)}')
   need(config.learning_rate > 0, 'learning_rate', '> 0')
   need(config.num_epochs >= 1, 'num_epochs', '>= 1')
+  need(config.steps_per_call >= 1, 'steps_per_call', '>= 1')
   need(config.optimizer in ('adam', 'sgd'), 'optimizer', "'adam' or 'sgd'")
   need(config.dtype in ('float32', 'bfloat16'), 'dtype', "'float32' or 'bfloat16'")
   need(config.model.input_scaling in ('unit', 'imagenet'), 'model.input_scaling', "'unit' or 'imagenet'")

@@ -181,11 +181,13 @@ def steps_per_epoch(split: Split) -> int:
   return split.num_examples // split.global_batch
 
 
-def train_batches(split: Split, seed: int, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-  """This process's part of epoch `epoch`'s shuffled global batches, from `start_step`."""
+def train_batches(split: Split, seed: int, epoch: int, start_step: int = 0,
+                  steps_per_call: int = 1) -> Iterator[Batch]:
+  """This process's part of epoch `epoch`'s shuffled global batches, from `start_step`,
+  stacked in blocks of `steps_per_call` (the epoch's last block may be shorter)."""
   order = grain.MapDataset.range(split.num_examples).shuffle(seed=hash_seed(seed, epoch))
   batches = order.batch(split.global_batch, drop_remainder=True).map(split._read)
-  return iter(batches[start_step:].to_iter_dataset(
+  return iter(batches[start_step:].batch(steps_per_call).to_iter_dataset(
       grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
 
 

@@ -23,8 +23,9 @@ class Progress:
     self.total, self.batch, self.every = total_steps, global_batch, max(1, every)
     self.t0, self.s0 = None, None
 
-  def due(self, step: int) -> bool:
-    return step % self.every == 0 or step == self.total
+  def due(self, step: int, taken: int = 1) -> bool:
+    """Whether a log line is due after the `taken` steps that ended at `step`."""
+    return step % self.every < taken or step == self.total
 
   def log(self, step: int, epoch: int, num_epochs: int, records: Sequence[dict]) -> None:
     now = time.perf_counter()

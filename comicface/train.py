@@ -118,6 +118,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   return state.apply_gradients(grads=grads), metrics
 
 
+def train_block(state: TrainState, batches: dict[str, jax.Array],
+                hflip: bool = False) -> tuple[TrainState, Metrics]:
+  """`train_step` over the leading axis of `batches` in one call (a `lax.scan`),
+  for models whose step is shorter than a dispatch; returns the summed metrics."""
+  step = functools.partial(train_step, hflip=hflip)
+  if batches['label'].shape[0] == 1:
+    state, metrics = step(state, jax.tree.map(lambda x: x[0], batches))
+    return state, metrics
+  state, metrics = jax.lax.scan(step, state, batches)
+  return state, jax.tree.map(lambda m: m.sum(0), metrics)
+
+
 def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[Metrics, jax.Array]:
   """Masked sums, and P(face) per example."""
   logits = state.apply_fn({'params': state.params}, batch['image'])
@@ -131,22 +143,24 @@ def predict_step(state: TrainState, images: jax.Array) -> jax.Array:
 
 class Steps:
   """The jitted steps for one mesh (vmapped over trials if `stacked`), and moving
-  host batches onto the mesh."""
+  host batches onto the mesh. `train` takes a block of batches (see `train_block`)."""
 
   def __init__(self, mesh: jax.sharding.Mesh, stacked: bool = False, hflip: bool = False):
     self.data = NamedSharding(mesh, P('data'))
+    self.blocks = NamedSharding(mesh, P(None, 'data'))
     rep = NamedSharding(mesh, P())
     state = NamedSharding(mesh, P('trial')) if stacked else rep
-    train, evaluate = functools.partial(train_step, hflip=hflip), eval_step
+    train, evaluate = functools.partial(train_block, hflip=hflip), eval_step
     if stacked:
       train, evaluate = (jax.vmap(f, in_axes=(0, None)) for f in (train, eval_step))
     self.train = jax.jit(train, out_shardings=(state, rep), donate_argnums=0)
     self.eval = jax.jit(evaluate, out_shardings=(rep, rep))
     self.predict = jax.jit(predict_step, out_shardings=self.data)
 
-  def device_put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Builds global arrays from each process's slice of the batch."""
-    return {k: jax.make_array_from_process_local_data(self.data, v) for k, v in batch.items()}
+  def device_put(self, batch: dict[str, np.ndarray], block: bool = False) -> dict[str, jax.Array]:
+    """Builds global arrays from each process's slice of the batch (or block of batches)."""
+    sharding = self.blocks if block else self.data
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
 def summarize(sums: Metrics, prefix: str) -> list[Record]:
@@ -279,10 +293,12 @@ def fit(run: Run, tensorboard_dirs: Sequence[str], stop_on_nonfinite: bool = Tru
       while step < total:
         epoch, start = divmod(step, spe)
         sums = None
-        for batch in input_pipeline.train_batches(train, config.seed, epoch, start):
-          run.state, m = run.steps.train(run.state, run.steps.device_put(batch))
-          sums, step = _add(sums, m), step + 1
-          if progress.due(step):
+        for block in input_pipeline.train_batches(train, config.seed, epoch, start,
+                                                  config.steps_per_call):
+          run.state, m = run.steps.train(run.state, run.steps.device_put(block, block=True))
+          taken = len(block['label'])
+          sums, step = _add(sums, m), step + taken
+          if progress.due(step, taken):
             records = summarize(sums, 'train')
             if stop_on_nonfinite:
               _check_finite(records, step)

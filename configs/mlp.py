@@ -17,6 +17,7 @@ def get_config(arg: str = ''):
   c.batch_size = 64
   c.num_epochs = 3
   c.log_every_steps = 50
+  c.steps_per_call = 32  # a step takes about a millisecond: dispatch would dominate
   if 'runlocal' in (arg or ''):
     c.dataset.manual_dir = ''
   return default.apply_variants(c, arg)

@@ -16,7 +16,7 @@ def split(source_40, tmp_path_factory):
 
 def test_train_batches_shuffle_per_epoch_and_repeat_exactly(split):
   def labels_of(epoch, start=0):
-    return [b['label'].tolist() for b in input_pipeline.train_batches(split, 0, epoch, start)]
+    return [b['label'][0].tolist() for b in input_pipeline.train_batches(split, 0, epoch, start)]
   epoch0 = labels_of(0)
   assert len(epoch0) == split.num_examples // 8
   assert labels_of(0) == epoch0                 # same seed and epoch: same batches
@@ -24,10 +24,18 @@ def test_train_batches_shuffle_per_epoch_and_repeat_exactly(split):
   assert labels_of(0, start=3) == epoch0[3:]    # starting mid-epoch continues exactly
 
 
+def test_blocks_of_steps_hold_the_same_batches(split):
+  blocks = list(input_pipeline.train_batches(split, 0, 0, start_step=1, steps_per_call=3))
+  assert [len(b['label']) for b in blocks][:-1] == [3] * (len(blocks) - 1)
+  single = list(input_pipeline.train_batches(split, 0, 0, start_step=1))
+  np.testing.assert_array_equal(np.concatenate([b['image'] for b in blocks]),
+                                np.concatenate([b['image'] for b in single]))
+
+
 def test_train_epoch_visits_distinct_examples(split):
   seen = collections.Counter()
   for b in input_pipeline.train_batches(split, seed=5, epoch=0):
-    assert b['image'].shape == (8, 24, 24, 3) and b['image'].dtype == np.uint8
+    assert b['image'].shape == (1, 8, 24, 24, 3) and b['image'].dtype == np.uint8
     seen.update(map(bytes, b['image'].reshape(8, -1)))
   assert max(seen.values()) == 1 and sum(seen.values()) == split.num_examples // 8 * 8
 

@@ -6,9 +6,12 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
-from comicface import inference, synthetic, train
+from comicface import inference, models, synthetic, train
+from configs import mlp
 from conftest import REAL_SAMPLE, ROOT, TINY_PAIRS, tiny_config
 from tfds_builder.comic_faces import comic_faces_dataset_builder as cfb
 
@@ -137,13 +140,14 @@ def test_bad_config_fails_before_any_work(tmp_path, override, message):
 
 
 def test_multi_device_matches_one_device(trained, tmp_path):
-  """The same run on 4 CPU devices gives the metrics of 1 device, up to float tolerance."""
+  """The same run on 4 CPU devices, 2 steps per call, gives the metrics of 1 device and
+  1 step per call, up to float tolerance."""
   config, _, results = trained
   script = ('import json, sys, jax\n'
             'from conftest import tiny_config\n'
             'from comicface import train\n'
             'assert jax.device_count() == 4\n'
-            'r = train.train_and_evaluate(tiny_config(num_epochs=3), sys.argv[1])\n'
+            'r = train.train_and_evaluate(tiny_config(num_epochs=3, steps_per_call=2), sys.argv[1])\n'
             'print(json.dumps(r["history"]))\n')
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
          'PYTHONPATH': f'{ROOT}{os.pathsep}{ROOT / "tests"}'}
@@ -153,6 +157,38 @@ def test_multi_device_matches_one_device(trained, tmp_path):
   four = json.loads(r.stdout.strip().splitlines()[-1])
   for a, b in zip(four, results['history']):
     assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize('config', [tiny_config(), mlp.get_config('runlocal')], ids=['cnn', 'mlp'])
+def test_blocks_of_steps_match_single_steps(config):
+  """A call running 3 + 2 steps (a lax.scan) ends where 5 one-step calls do."""
+  mesh = train.make_mesh()
+  steps = train.Steps(mesh)
+  rng = np.random.default_rng(0)
+  b = config.batch_size
+  host = {'image': rng.integers(0, 256, (5, b, *train.image_shape(config)), dtype=np.uint8),
+          'label': rng.integers(0, 2, (5, b)).astype(np.int32)}
+  runs = {}
+  for name, cuts in (('single', (0, 1, 2, 3, 4, 5)), ('blocks', (0, 3, 5))):
+    state, sums = train.create_train_state(config, mesh), None
+    for lo, hi in zip(cuts, cuts[1:]):
+      block = steps.device_put({k: v[lo:hi] for k, v in host.items()}, block=True)
+      state, m = steps.train(state, block)
+      sums = train._add(sums, m)
+    runs[name] = (jax.device_get(state.params), jax.device_get(sums), int(state.step))
+  (p1, m1, s1), (p2, m2, s2) = runs['single'], runs['blocks']
+  assert s1 == s2 == 5
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), p1, p2)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5), m1, m2)
+
+
+def test_imagenet_scaling_is_per_channel():
+  images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+  want = (images / 255.0 - models.IMAGENET_MEAN) / models.IMAGENET_STD
+  np.testing.assert_allclose(models.scale_inputs(images, 'imagenet'), want, rtol=1e-5, atol=1e-5)
+  grey = images[..., :1]
+  want = (grey / 255.0 - np.mean(models.IMAGENET_MEAN)) / np.mean(models.IMAGENET_STD)
+  np.testing.assert_allclose(models.scale_inputs(grey, 'imagenet'), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(not REAL_SAMPLE.exists(), reason='shared/real_sample is absent')

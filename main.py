@@ -8,7 +8,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-import comicface  # noqa: F401  (sets XLA flags for CPUs before JAX starts)
+from comicface import host  # sets XLA flags for CPUs before JAX starts
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
@@ -30,4 +30,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  host.restart_with_huge_pages()
   app.run(main)

@@ -6,7 +6,7 @@ gradient and input gradient, timed alone at the study's shapes.
 import argparse
 import time
 
-import comicface  # noqa: F401  (XLA flags for CPUs, before JAX starts)
+from comicface import host  # XLA flags for CPUs, before JAX starts
 import jax
 from jax import lax
 import jax.numpy as jnp
@@ -48,4 +48,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  host.restart_with_huge_pages()  # as main.py does
   main()

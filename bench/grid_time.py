@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 
-import comicface  # noqa: F401  (XLA flags for CPUs, before JAX starts)
+from comicface import host  # XLA flags for CPUs, before JAX starts
 import jax
 
 from comicface import grid, input_pipeline, synthetic
@@ -54,4 +54,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  host.restart_with_huge_pages()  # as main.py does
   main()

@@ -9,7 +9,7 @@ import pathlib
 import tempfile
 import time
 
-import comicface  # noqa: F401  (XLA flags for CPUs, before JAX starts)
+from comicface import host  # XLA flags for CPUs, before JAX starts
 
 from comicface import build_dataset, input_pipeline, synthetic
 
@@ -40,4 +40,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  host.restart_with_huge_pages()  # as main.py does
   main()

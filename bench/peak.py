@@ -8,7 +8,7 @@ analysis of the compiled train step (convolutions, dense layers, their gradients
 import argparse
 import time
 
-import comicface  # noqa: F401  (XLA flags for CPUs, before JAX starts)
+from comicface import host  # XLA flags for CPUs, before JAX starts
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,4 +55,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  host.restart_with_huge_pages()  # as main.py does
   main()

@@ -7,7 +7,7 @@ import argparse
 import pathlib
 import tempfile
 
-import comicface  # noqa: F401  (XLA flags for CPUs, before JAX starts)
+from comicface import host  # XLA flags for CPUs, before JAX starts
 from absl import logging
 
 from comicface import train
@@ -38,4 +38,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  host.restart_with_huge_pages()  # as main.py does
   main()

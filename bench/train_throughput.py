@@ -11,7 +11,7 @@ import argparse
 import json
 import time
 
-import comicface  # noqa: F401  (XLA flags for CPUs, before JAX starts)
+from comicface import host  # XLA flags for CPUs, before JAX starts
 import jax
 import numpy as np
 
@@ -84,4 +84,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  host.restart_with_huge_pages()  # as main.py does
   main()

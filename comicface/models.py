@@ -38,18 +38,58 @@ def scale_inputs(images: jax.Array, method: str, dtype=jnp.float32) -> jax.Array
   return x.astype(dtype)
 
 
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2 max-pool, stride 2, odd edges dropped (as Keras' MaxPool2D); a reshape,
-  which XLA:CPU runs much faster than `nn.max_pool`'s reduce_window."""
+def _windows(x: jax.Array) -> jax.Array:
+  """(b, h, w, c) -> (b, h/2, 2, w/2, 2, c), odd edges dropped."""
   b, h, w, c = x.shape
-  x = x[:, : h // 2 * 2, : w // 2 * 2]
-  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+  return x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pool, stride 2, odd edges dropped (as Keras' MaxPool2D).
+
+  A reshape, which XLA:CPU runs much faster than `nn.max_pool`'s reduce_window,
+  with its own gradient: one pass that sends each window's gradient to its
+  maximum (to each, on an exact tie), where autodiff of `max` makes several.
+  """
+  return _windows(x).max(axis=(2, 4))
+
+
+def _max_pool_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  y = max_pool_2x2(x)
+  return y, (x, y)
+
+
+def _max_pool_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
+  x, y = res
+  b, h, w, c = x.shape
+  spread = lambda t: t[:, :, None, :, None, :]
+  dx = jnp.where(_windows(x) == spread(y), spread(g), 0).astype(x.dtype)
+  dx = dx.reshape(b, h // 2 * 2, w // 2 * 2, c)
+  return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def dropout(x: jax.Array, rate: float | jax.Array, rng: jax.Array) -> jax.Array:
   """Inverted dropout whose `rate` may be a traced scalar."""
   keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+class ConvPool(nn.Module):
+  """Conv(3x3, valid) - MaxPool(2) - ReLU, with the bias added after the pool:
+  equal to pool(relu(conv + bias)), as max commutes with a per-channel constant
+  and with ReLU, but adding and rectifying a quarter of the values."""
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.Conv(self.features, (3, 3), padding='VALID', use_bias=False, dtype=self.dtype)(x)
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    return nn.relu(max_pool_2x2(x) + bias.astype(self.dtype))
 
 
 class CNN(nn.Module):
@@ -66,8 +106,7 @@ class CNN(nn.Module):
                dropout_rate: float | jax.Array | None = None) -> jax.Array:
     x = scale_inputs(images, self.input_scaling, self.dtype)
     for filters in (self.filters_1, self.filters_2):
-      x = nn.Conv(filters, (3, 3), padding='VALID', dtype=self.dtype)(x)
-      x = max_pool_2x2(nn.relu(x))
+      x = ConvPool(filters, self.dtype)(x)
     x = x.reshape(x.shape[0], -1)
     if train:
       rate = self.dropout_rate if dropout_rate is None else dropout_rate

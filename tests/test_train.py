@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from comicface import inference, models, synthetic, train
+from comicface import inference, synthetic, train
 from configs import mlp
 from conftest import REAL_SAMPLE, ROOT, TINY_PAIRS, tiny_config
 from tfds_builder.comic_faces import comic_faces_dataset_builder as cfb
@@ -180,15 +180,6 @@ def test_blocks_of_steps_match_single_steps(config):
   assert s1 == s2 == 5
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), p1, p2)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5), m1, m2)
-
-
-def test_imagenet_scaling_is_per_channel():
-  images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
-  want = (images / 255.0 - models.IMAGENET_MEAN) / models.IMAGENET_STD
-  np.testing.assert_allclose(models.scale_inputs(images, 'imagenet'), want, rtol=1e-5, atol=1e-5)
-  grey = images[..., :1]
-  want = (grey / 255.0 - np.mean(models.IMAGENET_MEAN)) / np.mean(models.IMAGENET_STD)
-  np.testing.assert_allclose(models.scale_inputs(grey, 'imagenet'), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(not REAL_SAMPLE.exists(), reason='shared/real_sample is absent')

@@ -1,0 +1,67 @@
+"""The models' fast paths against the plain formulations they replace."""
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from comicface import models
+
+
+@pytest.mark.parametrize('shape', [(2, 8, 8, 3), (2, 7, 9, 4)])
+def test_max_pool_and_its_gradient_match_reduce_window(shape):
+  x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
+  plain = lambda x: nn.max_pool(x, (2, 2), (2, 2))
+  np.testing.assert_array_equal(models.max_pool_2x2(x), plain(x))
+  g = jnp.asarray(np.random.default_rng(1).normal(size=plain(x).shape), jnp.float32)
+  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * g))(x)
+  np.testing.assert_array_equal(grad(models.max_pool_2x2), grad(plain))
+
+
+def plain_cnn(params, images):
+  """The CNN study's layer order with Flax's own pooling: pool(relu(conv + bias))."""
+  x = models.scale_inputs(images, 'unit')
+  for name in ('ConvPool_0', 'ConvPool_1'):
+    p = params[name]
+    x = lax.conv_general_dilated(x, p['Conv_0']['kernel'], (1, 1), 'VALID',
+                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    x = nn.max_pool(nn.relu(x + p['bias']), (2, 2), (2, 2))
+  d = params['Dense_0']
+  return x.reshape(x.shape[0], -1) @ d['kernel'] + d['bias']
+
+
+def test_cnn_follows_the_plain_loss_curve():
+  """Ten SGD steps of the CNN give the plain formulation's losses and parameters."""
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (8, 30, 30, 1)), jnp.uint8)
+  labels = jnp.asarray(rng.integers(0, 2, 8))
+  model = models.CNN(filters_1=6, filters_2=4)
+  params = model.init(jax.random.key(0), images)['params']
+  params['ConvPool_0']['bias'] = jnp.linspace(-0.1, 0.1, 6)  # biases matter in the check
+  tx = optax.sgd(0.1)
+
+  def curve(forward):
+    p, opt, losses = params, tx.init(params), []
+    for _ in range(10):
+      loss, g = jax.value_and_grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
+          forward(p, images), labels).mean())(p)
+      updates, opt = tx.update(g, opt)
+      p, losses = optax.apply_updates(p, updates), losses + [float(loss)]
+    return losses, p
+  fast, fast_params = curve(lambda p, x: model.apply({'params': p}, x))
+  plain, plain_params = curve(plain_cnn)
+  np.testing.assert_allclose(fast, plain, rtol=1e-5)
+  assert fast[-1] < fast[0]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               fast_params, plain_params)
+
+
+def test_imagenet_scaling_is_per_channel():
+  images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+  want = (images / 255.0 - models.IMAGENET_MEAN) / models.IMAGENET_STD
+  np.testing.assert_allclose(models.scale_inputs(images, 'imagenet'), want, rtol=1e-5, atol=1e-5)
+  grey = images[..., :1]
+  want = (grey / 255.0 - np.mean(models.IMAGENET_MEAN)) / np.mean(models.IMAGENET_STD)
+  np.testing.assert_allclose(models.scale_inputs(grey, 'imagenet'), want, rtol=1e-5, atol=1e-5)

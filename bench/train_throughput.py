@@ -39,7 +39,7 @@ def random_block(steps: train.Steps, config) -> dict[str, jax.Array]:
 def measure(config, n_steps: int, predict_batch: int = 256) -> dict[str, float]:
   """Train and predict images/s of `config`'s model (`n_steps` steps, rounded up to whole calls)."""
   mesh = train.make_mesh()
-  steps = train.Steps(mesh)
+  steps = train.Steps(mesh, predict_chunk=config.predict_chunk)
   holder = [train.create_train_state(config, mesh)]
   block = random_block(steps, config)
   rng = np.random.default_rng(1)

@@ -136,16 +136,24 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[Metrics, 
   return _sums(logits, batch['label'], batch['mask']), jax.nn.softmax(logits)[..., 1]
 
 
-def predict_step(state: TrainState, images: jax.Array) -> jax.Array:
-  """P(face) per image."""
-  return jax.nn.softmax(state.apply_fn({'params': state.params}, images))[:, 1]
+def predict_step(state: TrainState, images: jax.Array, chunk: int = 0) -> jax.Array:
+  """P(face) per image, `chunk` images per forward pass (0: all at once), so that a
+  large batch holds no more activations at a time than a training batch does."""
+  forward = lambda x: jax.nn.softmax(state.apply_fn({'params': state.params}, x))[:, 1]
+  n = images.shape[0]
+  if not chunk or n <= chunk or n % chunk:
+    return forward(images)
+  # Pass j takes images j, j + n/chunk, ...: each device keeps its own share of every pass.
+  passes = jnp.swapaxes(images.reshape(chunk, n // chunk, *images.shape[1:]), 0, 1)
+  return jax.lax.map(forward, passes).T.reshape(n)
 
 
 class Steps:
   """The jitted steps for one mesh (vmapped over trials if `stacked`), and moving
   host batches onto the mesh. `train` takes a block of batches (see `train_block`)."""
 
-  def __init__(self, mesh: jax.sharding.Mesh, stacked: bool = False, hflip: bool = False):
+  def __init__(self, mesh: jax.sharding.Mesh, stacked: bool = False, hflip: bool = False,
+               predict_chunk: int = 0):
     self.data = NamedSharding(mesh, P('data'))
     self.blocks = NamedSharding(mesh, P(None, 'data'))
     rep = NamedSharding(mesh, P())
@@ -155,7 +163,8 @@ class Steps:
       train, evaluate = (jax.vmap(f, in_axes=(0, None)) for f in (train, eval_step))
     self.train = jax.jit(train, out_shardings=(state, rep), donate_argnums=0)
     self.eval = jax.jit(evaluate, out_shardings=(rep, rep))
-    self.predict = jax.jit(predict_step, out_shardings=self.data)
+    self.predict = jax.jit(functools.partial(predict_step, chunk=predict_chunk),
+                           out_shardings=self.data)
 
   def device_put(self, batch: dict[str, np.ndarray], block: bool = False) -> dict[str, jax.Array]:
     """Builds global arrays from each process's slice of the batch (or block of batches)."""
@@ -261,7 +270,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str,
     state, histories = state.replace(**tree), meta['histories']
     logging.info('%s: resumed from step %d (after epoch %d).', workdir, int(tree['step'].max()),
                  len(histories[0]))
-  steps = Steps(mesh, stacked=bool(trials), hflip=config.augment_hflip)
+  steps = Steps(mesh, stacked=bool(trials), hflip=config.augment_hflip,
+                predict_chunk=config.predict_chunk)
   return Run(config, workdir, steps, state, builder, mngr, names, histories)
 
 

@@ -18,6 +18,7 @@ def get_config(arg: str = ''):
   c.num_epochs = 3
   c.log_every_steps = 50
   c.steps_per_call = 32  # a step takes about a millisecond: dispatch would dominate
+  c.predict_chunk = 0  # small activations: one pass per batch
   if 'runlocal' in (arg or ''):
     c.dataset.manual_dir = ''
   return default.apply_variants(c, arg)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from comicface import inference, synthetic, train
+from comicface import inference, logs, synthetic, train
 from configs import mlp
 from conftest import REAL_SAMPLE, ROOT, TINY_PAIRS, tiny_config
 from tfds_builder.comic_faces import comic_faces_dataset_builder as cfb
@@ -159,6 +159,16 @@ def test_multi_device_matches_one_device(trained, tmp_path):
     assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
 
 
+@pytest.mark.parametrize('taken, logged', [(1, [20, 40, 60, 80, 100]), (3, [21, 42, 60, 81, 100]),
+                                           (32, [32, 64, 96, 100])])
+def test_progress_logs_once_per_interval_whatever_the_block(taken, logged):
+  """Every 20 steps, 100 in all, taken `taken` at a time: a line after each block that
+  passes a multiple of 20, and after the last."""
+  progress = logs.Progress(total_steps=100, global_batch=8, every=20)
+  ends = list(range(taken, 100, taken)) + [100]
+  assert [e for s, e in zip([0] + ends, ends) if progress.due(e, e - s)] == logged
+
+
 @pytest.mark.parametrize('config', [tiny_config(), mlp.get_config('runlocal')], ids=['cnn', 'mlp'])
 def test_blocks_of_steps_match_single_steps(config):
   """A call running 3 + 2 steps (a lax.scan) ends where 5 one-step calls do."""
@@ -180,6 +190,29 @@ def test_blocks_of_steps_match_single_steps(config):
   assert s1 == s2 == 5
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), p1, p2)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5), m1, m2)
+
+
+CHUNKED_PREDICTION = """
+import jax, numpy as np
+from comicface import train
+from conftest import tiny_config
+mesh = train.make_mesh()
+state = train.create_train_state(tiny_config(), mesh)
+whole, chunked = train.Steps(mesh), train.Steps(mesh, predict_chunk=8)
+x = jax.device_put(np.random.default_rng(0).integers(0, 256, (32, 128, 128, 1), dtype=np.uint8), whole.data)
+np.testing.assert_allclose(chunked.predict(state, x), whole.predict(state, x), rtol=1e-5, atol=1e-6)
+print('devices', jax.device_count())
+"""
+
+
+@pytest.mark.parametrize('devices', [1, 4])
+def test_chunked_prediction_matches_one_pass(devices):
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+         'PYTHONPATH': f'{ROOT}{os.pathsep}{ROOT / "tests"}'}
+  r = subprocess.run([sys.executable, '-c', CHUNKED_PREDICTION], capture_output=True, text=True,
+                     env=env, timeout=300, cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f'devices {devices}' in r.stdout
 
 
 @pytest.mark.skipif(not REAL_SAMPLE.exists(), reason='shared/real_sample is absent')

@@ -50,7 +50,8 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
   A reshape, which XLA:CPU runs much faster than `nn.max_pool`'s reduce_window,
   with its own gradient: one pass that sends each window's gradient to its
-  maximum (to each, on an exact tie), where autodiff of `max` makes several.
+  maximum (the first in row order, on a tie, as reduce_window's gradient and
+  Keras do), where autodiff of `max` makes several.
   """
   return _windows(x).max(axis=(2, 4))
 
@@ -63,9 +64,15 @@ def _max_pool_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]
 def _max_pool_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
   x, y = res
   b, h, w, c = x.shape
-  spread = lambda t: t[:, :, None, :, None, :]
-  dx = jnp.where(_windows(x) == spread(y), spread(g), 0).astype(x.dtype)
-  dx = dx.reshape(b, h // 2 * 2, w // 2 * 2, c)
+  win = _windows(x)
+  hit, taken = [], jnp.zeros(y.shape, bool)
+  for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):  # the first maximum of each window wins
+    first = (win[:, :, i, :, j] == y) & ~taken
+    hit.append(first)
+    taken |= first
+  zero = jnp.zeros((), g.dtype)
+  rows = [jnp.stack([jnp.where(hit[2 * i + j], g, zero) for j in (0, 1)], axis=3) for i in (0, 1)]
+  dx = jnp.stack(rows, axis=2).reshape(b, h // 2 * 2, w // 2 * 2, c)
   return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
 
 

@@ -121,11 +121,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
 def train_block(state: TrainState, batches: dict[str, jax.Array],
                 hflip: bool = False) -> tuple[TrainState, Metrics]:
   """`train_step` over the leading axis of `batches` in one call (a `lax.scan`),
-  for models whose step is shorter than a dispatch; returns the summed metrics."""
+  for models whose step is shorter than a dispatch; returns the summed metrics.
+
+  A block of one is a plain step: XLA:CPU runs convolutions inside a loop on a
+  much slower path, so the CNN keeps `config.steps_per_call = 1`.
+  """
   step = functools.partial(train_step, hflip=hflip)
   if batches['label'].shape[0] == 1:
-    state, metrics = step(state, jax.tree.map(lambda x: x[0], batches))
-    return state, metrics
+    return step(state, jax.tree.map(lambda x: x[0], batches))
   state, metrics = jax.lax.scan(step, state, batches)
   return state, jax.tree.map(lambda m: m.sum(0), metrics)
 

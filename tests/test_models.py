@@ -10,9 +10,12 @@ import pytest
 from comicface import models
 
 
-@pytest.mark.parametrize('shape', [(2, 8, 8, 3), (2, 7, 9, 4)])
-def test_max_pool_and_its_gradient_match_reduce_window(shape):
-  x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
+@pytest.mark.parametrize('shape, ties', [((2, 8, 8, 3), False), ((2, 7, 9, 4), False),
+                                         ((2, 8, 8, 3), True)])
+def test_max_pool_and_its_gradient_match_reduce_window(shape, ties):
+  """Equal values and gradients; on a tie, the gradient goes to the window's first maximum."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.integers(0, 2, shape) if ties else rng.normal(size=shape), jnp.float32)
   plain = lambda x: nn.max_pool(x, (2, 2), (2, 2))
   np.testing.assert_array_equal(models.max_pool_2x2(x), plain(x))
   g = jnp.asarray(np.random.default_rng(1).normal(size=plain(x).shape), jnp.float32)

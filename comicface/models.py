@@ -50,8 +50,8 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
   A reshape, which XLA:CPU runs much faster than `nn.max_pool`'s reduce_window,
   with its own gradient: one pass that sends each window's gradient to its
-  maximum (the first in row order, on a tie, as reduce_window's gradient and
-  Keras do), where autodiff of `max` makes several.
+  maximum (split equally between tied maxima, as autodiff of `max` does), where
+  autodiff makes several passes.
   """
   return _windows(x).max(axis=(2, 4))
 
@@ -64,15 +64,10 @@ def _max_pool_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]
 def _max_pool_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
   x, y = res
   b, h, w, c = x.shape
-  win = _windows(x)
-  hit, taken = [], jnp.zeros(y.shape, bool)
-  for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):  # the first maximum of each window wins
-    first = (win[:, :, i, :, j] == y) & ~taken
-    hit.append(first)
-    taken |= first
-  zero = jnp.zeros((), g.dtype)
-  rows = [jnp.stack([jnp.where(hit[2 * i + j], g, zero) for j in (0, 1)], axis=3) for i in (0, 1)]
-  dx = jnp.stack(rows, axis=2).reshape(b, h // 2 * 2, w // 2 * 2, c)
+  spread = lambda t: t[:, :, None, :, None, :]
+  hit = _windows(x) == spread(y)
+  share = g / hit.sum(axis=(2, 4)).astype(g.dtype)  # tied maxima split the gradient
+  dx = jnp.where(hit, spread(share), 0).astype(x.dtype).reshape(b, h // 2 * 2, w // 2 * 2, c)
   return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
 
 
@@ -83,20 +78,6 @@ def dropout(x: jax.Array, rate: float | jax.Array, rng: jax.Array) -> jax.Array:
   """Inverted dropout whose `rate` may be a traced scalar."""
   keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
-
-class ConvPool(nn.Module):
-  """Conv(3x3, valid) - MaxPool(2) - ReLU, with the bias added after the pool:
-  equal to pool(relu(conv + bias)), as max commutes with a per-channel constant
-  and with ReLU, but adding and rectifying a quarter of the values."""
-  features: int
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.Conv(self.features, (3, 3), padding='VALID', use_bias=False, dtype=self.dtype)(x)
-    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
-    return nn.relu(max_pool_2x2(x) + bias.astype(self.dtype))
 
 
 class CNN(nn.Module):
@@ -112,8 +93,13 @@ class CNN(nn.Module):
   def __call__(self, images: jax.Array, train: bool = False,
                dropout_rate: float | jax.Array | None = None) -> jax.Array:
     x = scale_inputs(images, self.input_scaling, self.dtype)
-    for filters in (self.filters_1, self.filters_2):
-      x = ConvPool(filters, self.dtype)(x)
+    for i, filters in enumerate((self.filters_1, self.filters_2)):
+      x = nn.Conv(filters, (3, 3), padding='VALID', use_bias=False, dtype=self.dtype,
+                  name=f'Conv_{i}')(x)
+      bias = self.param(f'bias_{i}', nn.initializers.zeros_init(), (filters,))
+      # The bias and ReLU after the pool: equal to pool(relu(conv + bias)), as max
+      # commutes with a per-channel constant and with ReLU, on a quarter of the values.
+      x = nn.relu(max_pool_2x2(x) + bias.astype(self.dtype))
     x = x.reshape(x.shape[0], -1)
     if train:
       rate = self.dropout_rate if dropout_rate is None else dropout_rate

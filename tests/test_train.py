@@ -139,6 +139,16 @@ def test_bad_config_fails_before_any_work(tmp_path, override, message):
   assert not workdir.exists()
 
 
+def _python_on_devices(devices: int, script: str, *args: str) -> str:
+  """Runs `script` in a fresh Python with `devices` CPU devices; returns its stdout."""
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+         'PYTHONPATH': f'{ROOT}{os.pathsep}{ROOT / "tests"}'}
+  r = subprocess.run([sys.executable, '-c', script, *args], capture_output=True, text=True,
+                     env=env, timeout=300, cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return r.stdout
+
+
 def test_multi_device_matches_one_device(trained, tmp_path):
   """The same run on 4 CPU devices, 2 steps per call, gives the metrics of 1 device and
   1 step per call, up to float tolerance."""
@@ -149,12 +159,7 @@ def test_multi_device_matches_one_device(trained, tmp_path):
             'assert jax.device_count() == 4\n'
             'r = train.train_and_evaluate(tiny_config(num_epochs=3, steps_per_call=2), sys.argv[1])\n'
             'print(json.dumps(r["history"]))\n')
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
-         'PYTHONPATH': f'{ROOT}{os.pathsep}{ROOT / "tests"}'}
-  r = subprocess.run([sys.executable, '-c', script, str(tmp_path)], capture_output=True, text=True,
-                     env=env, timeout=300, cwd=ROOT)
-  assert r.returncode == 0, r.stderr[-3000:]
-  four = json.loads(r.stdout.strip().splitlines()[-1])
+  four = json.loads(_python_on_devices(4, script, str(tmp_path)).strip().splitlines()[-1])
   for a, b in zip(four, results['history']):
     assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
 
@@ -207,12 +212,7 @@ print('devices', jax.device_count())
 
 @pytest.mark.parametrize('devices', [1, 4])
 def test_chunked_prediction_matches_one_pass(devices):
-  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
-         'PYTHONPATH': f'{ROOT}{os.pathsep}{ROOT / "tests"}'}
-  r = subprocess.run([sys.executable, '-c', CHUNKED_PREDICTION], capture_output=True, text=True,
-                     env=env, timeout=300, cwd=ROOT)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert f'devices {devices}' in r.stdout
+  assert f'devices {devices}' in _python_on_devices(devices, CHUNKED_PREDICTION)
 
 
 @pytest.mark.skipif(not REAL_SAMPLE.exists(), reason='shared/real_sample is absent')

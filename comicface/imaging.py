@@ -111,7 +111,9 @@ def load_image(source: Source, size: int, mode: str) -> np.ndarray:
   if mode not in ('L', 'RGB'):
     raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
   data = source if isinstance(source, bytes) else pathlib.Path(source).read_bytes()
-  img = _decode_turbo(data, size, mode) or _decode_pil(data, size, mode)
+  img = _decode_turbo(data, size, mode)
+  if img is None:
+    img = _decode_pil(data, size, mode)
   w, h = img.size
   side = min(w, h)
   box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)

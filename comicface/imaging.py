@@ -65,10 +65,10 @@ def _has_exif(jpeg: bytes) -> bool:
   return False
 
 
-def _decode_turbo(data: bytes, size: int, mode: str) -> Image.Image | None:
+def _decode_turbo(data: bytes, size: int, mode: str) -> np.ndarray | None:
   """A plain JPEG, decoded by libjpeg-turbo at the smallest DCT scale that keeps
-  the shorter side >= `size`; None where Pillow must decode (not a JPEG, CMYK,
-  EXIF, too big, or anything libjpeg-turbo reports as damaged)."""
+  the shorter side >= `size`, as (h, w, C) uint8; None where Pillow must decode
+  (not a JPEG, CMYK, EXIF, too big, or anything libjpeg-turbo reports as damaged)."""
   if not data.startswith(b'\xff\xd8') or _has_exif(data):
     return None
   try:
@@ -80,7 +80,7 @@ def _decode_turbo(data: bytes, size: int, mode: str) -> Image.Image | None:
                                  min_height=size * h // side, min_width=size * w // side)
   except ValueError:
     return None
-  return Image.fromarray(arr[..., 0] if mode == 'L' else arr)
+  return arr
 
 
 def _decode_pil(data: bytes, size: int, mode: str) -> Image.Image:
@@ -111,9 +111,10 @@ def load_image(source: Source, size: int, mode: str) -> np.ndarray:
   if mode not in ('L', 'RGB'):
     raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
   data = source if isinstance(source, bytes) else pathlib.Path(source).read_bytes()
-  img = _decode_turbo(data, size, mode)
-  if img is None:
-    img = _decode_pil(data, size, mode)
+  arr = _decode_turbo(data, size, mode)
+  if arr is not None and arr.shape[:2] == (size, size):
+    return arr  # the decoder's own scaling gave the size: cropping and resizing change nothing
+  img = _decode_pil(data, size, mode) if arr is None else Image.fromarray(arr.squeeze(-1) if mode == 'L' else arr)
   w, h = img.size
   side = min(w, h)
   box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)

@@ -56,9 +56,19 @@ def test_jpeg_draft_matches_full_decode():
 def test_turbo_path_matches_pillow(size, mode):
   """Plain JPEGs decode through libjpeg-turbo with the same pixels as Pillow's path."""
   for data in synthetic.render_pair(seed=0, index=1, size=1000):
-    img = imaging._decode_turbo(data, size, mode)
-    assert img is not None
-    np.testing.assert_array_equal(np.asarray(img), np.asarray(imaging._decode_pil(data, size, mode)))
+    arr = imaging._decode_turbo(data, size, mode)
+    assert arr is not None
+    np.testing.assert_array_equal(arr, np.asarray(imaging._decode_pil(data, size, mode)).reshape(arr.shape))
+
+
+def test_exact_dct_scale_skips_the_resize_with_the_same_pixels():
+  """1024 px at 1/8 scale is already 128 px: load_image returns the decoder's pixels, as
+  Pillow's crop and Lanczos resize to an unchanged size would."""
+  for data in synthetic.render_pair(seed=0, index=1, size=1024):
+    pil = imaging._decode_pil(data, 128, 'L')
+    assert pil.size == (128, 128)
+    np.testing.assert_array_equal(imaging.load_image(data, 128, 'L')[..., 0],
+                                  np.asarray(pil.crop((0, 0, 128, 128)).resize((128, 128), Image.LANCZOS)))
 
 
 @pytest.mark.parametrize('data', [

@@ -34,6 +34,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.num_epochs >= 1, 'num_epochs', '>= 1')
   need(config.steps_per_call >= 1, 'steps_per_call', '>= 1')
   need(config.predict_chunk >= 0, 'predict_chunk', '>= 0 (0: the whole batch)')
+  need(config.cpu_slice_images >= 0, 'cpu_slice_images', '>= 0 (0: the whole batch)')
   need(config.optimizer in ('adam', 'sgd'), 'optimizer', "'adam' or 'sgd'")
   need(config.dtype in ('float32', 'bfloat16'), 'dtype', "'float32' or 'bfloat16'")
   need(config.model.input_scaling in ('unit', 'imagenet'), 'model.input_scaling', "'unit' or 'imagenet'")

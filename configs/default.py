@@ -33,6 +33,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.log_every_steps = 20
   c.steps_per_call = 1  # train steps per jitted call (a lax.scan): >1 only for models with short steps
   c.predict_chunk = 32  # images per forward pass in a larger prediction batch (0: all at once)
+  c.cpu_slice_images = 4  # on CPUs, CNN convolutions run on slices of this many images per device (0: off)
   c.grid = ml_collections.ConfigDict()  # e.g. grid.learning_rate = (1e-2, 1e-3): see cnn_grid.py
   c.grid_parallel = 'auto'   # 'stacked', 'sequential', or 'auto' (by device count)
   c.retrain_splits = ('train',)  # the grid's winner is retrained on these

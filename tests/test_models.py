@@ -36,14 +36,23 @@ def plain_cnn(params, images):
   return x.reshape(x.shape[0], -1) @ d['kernel'] + d['bias']
 
 
-def test_cnn_follows_the_plain_loss_curve():
-  """Ten SGD steps of the CNN give the plain formulation's losses and parameters."""
+def _convolutions(model, params, images) -> int:
+  jaxpr = jax.make_jaxpr(lambda p: model.apply({'params': p}, images))(params)
+  return str(jaxpr).count('conv_general_dilated')
+
+
+@pytest.mark.parametrize('slice_images, convolutions', [(0, 2), (2, 8), (3, 2)])
+def test_cnn_follows_the_plain_loss_curve(slice_images, convolutions):
+  """Ten SGD steps of the CNN give the plain formulation's losses and parameters, also
+  with its convolutions on slices of the batch (8 images: 4 slices of 2; 3 does not
+  divide 8, so the whole batch)."""
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (8, 30, 30, 1)), jnp.uint8)
   labels = jnp.asarray(rng.integers(0, 2, 8))
-  model = models.CNN(filters_1=6, filters_2=4)
+  model = models.CNN(filters_1=6, filters_2=4, slice_images=slice_images)
   params = model.init(jax.random.key(0), images)['params']
   params['bias_0'] = jnp.linspace(-0.1, 0.1, 6)  # biases matter in the check
+  assert _convolutions(model, params, images) == convolutions
   tx = optax.sgd(0.1)
 
   def curve(forward):

@@ -215,6 +215,33 @@ def test_chunked_prediction_matches_one_pass(devices):
   assert f'devices {devices}' in _python_on_devices(devices, CHUNKED_PREDICTION)
 
 
+SLICED_CONVOLUTIONS = """
+import jax, numpy as np
+from comicface import train
+from conftest import tiny_config
+mesh = train.make_mesh()
+whole, sliced = (train.create_train_state(tiny_config(cpu_slice_images=k), mesh) for k in (0, 2))
+assert sliced.apply_fn.__self__.slice_images == 2 * jax.device_count()
+steps = train.Steps(mesh)
+batch = steps.device_put({'image': np.random.default_rng(0).integers(0, 256, (32, 128, 128, 1), dtype=np.uint8),
+                          'label': np.arange(32) % 2}, block=False)
+np.testing.assert_allclose(steps.predict(sliced, batch['image']), steps.predict(whole, batch['image']),
+                           rtol=1e-5, atol=1e-6)
+hlo = steps.predict.lower(sliced, batch['image']).compile().as_text()
+assert not any(op in hlo for op in ('all-gather', 'all-to-all', 'collective-permute')), 'slices cross devices'
+(_, m1), (_, m2) = (steps.train(s, jax.tree.map(lambda x: x[None], batch)) for s in (whole, sliced))
+np.testing.assert_allclose(m2['loss'], m1['loss'], rtol=1e-5)
+print('devices', jax.device_count())
+"""
+
+
+@pytest.mark.parametrize('devices', [1, 4])
+def test_sliced_convolutions_match_the_whole_batch_and_stay_on_their_devices(devices):
+  """The CNN on slices of 2 images per device predicts and trains as on the whole
+  batch, and no slice moves between devices."""
+  assert f'devices {devices}' in _python_on_devices(devices, SLICED_CONVOLUTIONS)
+
+
 @pytest.mark.skipif(not REAL_SAMPLE.exists(), reason='shared/real_sample is absent')
 def test_real_sample_held_out_pairs_beat_chance(tmp_path):
   config = tiny_config(num_epochs=6, learning_rate=1e-3)

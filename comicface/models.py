@@ -116,8 +116,8 @@ class CNN(nn.Module):
 
     b, k = images.shape[0], self.slice_images
     if k and b > k and b % k == 0:
-      n = b // k
-      slices = images.reshape(b // n, n, *images.shape[1:])
+      n = b // k  # slice i: images i, i + n, i + 2n, ...
+      slices = images.reshape(k, n, *images.shape[1:])
       x = jnp.stack([features(slices[:, i]) for i in range(n)], axis=1).reshape(b, -1)
     else:
       x = features(images)

@@ -4,9 +4,11 @@
 
 The study's loop: `cv2.imread(path, cv2.IMREAD_GRAYSCALE)` then `cv2.resize(img, (128, 128))`,
 one process. The builder: a full `download_and_prepare` (decode, resize, serialise raw pixels, write
-array_record) on all cores. Needs `pip install -r bench/requirements.txt` (OpenCV).
+array_record) on all cores. Also the decoding alone (`imaging.load_image` on all cores, writing
+nothing): the most the builder could reach. Needs `pip install -r bench/requirements.txt` (OpenCV).
 """
 import argparse
+import concurrent.futures
 import os
 import pathlib
 import shutil
@@ -16,7 +18,7 @@ import time
 import cv2
 import tensorflow_datasets as tfds
 
-from comicface import synthetic
+from comicface import imaging, synthetic
 from tfds_builder.comic_faces import comic_faces_dataset_builder as cfb
 
 
@@ -24,6 +26,13 @@ def study_loop(files: list[pathlib.Path], size: int) -> float:
   start = time.perf_counter()
   for f in files:
     cv2.resize(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), (size, size))
+  return len(files) / (time.perf_counter() - start)
+
+
+def decode_rate(files: list[pathlib.Path], size: int, mode: str) -> float:
+  start = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+    list(pool.map(lambda f: imaging.load_image(f, size, mode), files))
   return len(files) / (time.perf_counter() - start)
 
 
@@ -49,14 +58,16 @@ def main() -> None:
     print(f'generating {a.pairs} pairs of {a.size}px JPEGs in {source} ...')
     synthetic.write_dataset(source, a.pairs, a.size)
   files = sorted(source.rglob('*.jpg'))
-  size = cfb.Builder.builder_configs[a.config].size
+  config = cfb.Builder.builder_configs[a.config]
   print(f'{len(files)} files, {os.cpu_count()} cores, config {a.config}')
-  ours, theirs = [], []
-  for _ in range(a.repeats):  # alternate, so both see the same machine state
-    theirs.append(study_loop(files, size))
+  ours, theirs, floor = [], [], []
+  for _ in range(a.repeats):  # alternate, so all see the same machine state
+    theirs.append(study_loop(files, config.size))
     ours.append(builder_rate(source, a.config, len(files)))
-  o, t = sorted(ours)[len(ours) // 2], sorted(theirs)[len(theirs) // 2]
+    floor.append(decode_rate(files, config.size, config.mode))
+  o, t, d = (sorted(r)[len(r) // 2] for r in (ours, theirs, floor))
   print(f'study loop (cv2, 1 process): {t:7.1f} images/s')
+  print(f'decoding alone (all cores):  {d:7.1f} images/s ({d / t:.2f}x)')
   print(f'comic_faces builder:         {o:7.1f} images/s')
   print(f'ratio: {o / t:.2f}x (median of {a.repeats})')
 

@@ -74,6 +74,18 @@ def _max_pool_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.A
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+def strided_slices(x: jax.Array, size: int) -> jax.Array:
+  """(b, ...) -> (b / size, size, ...): slice i holds items i, i + b/size, ..., so
+  where the batch is sharded over devices in blocks, each device keeps its own
+  share of every slice. `size` must divide b."""
+  return jnp.swapaxes(x.reshape(size, x.shape[0] // size, *x.shape[1:]), 0, 1)
+
+
+def merge_slices(y: jax.Array) -> jax.Array:
+  """The inverse of `strided_slices`: (n, size, ...) -> (n * size, ...) in batch order."""
+  return jnp.swapaxes(y, 0, 1).reshape(-1, *y.shape[2:])
+
+
 def dropout(x: jax.Array, rate: float | jax.Array, rng: jax.Array) -> jax.Array:
   """Inverted dropout whose `rate` may be a traced scalar."""
   keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
@@ -84,8 +96,7 @@ class CNN(nn.Module):
   """Conv(3x3) - MaxPool(2) - Conv(3x3) - MaxPool(2) - Flatten - Dropout - Dense(2).
 
   `slice_images` > 0 runs the convolutions on independent slices of the batch of
-  that many images each (every n-th image, so each device keeps its own share of
-  every slice). XLA:CPU runs them side by side on all cores, where one
+  that many images each (`strided_slices`). XLA:CPU runs them side by side on all cores, where one
   convolution of the whole batch keeps about one busy, and each slice's
   activations fit in the caches. Same function and parameters; only the float
   rounding of the weight gradient's sum differs.
@@ -116,9 +127,7 @@ class CNN(nn.Module):
 
     b, k = images.shape[0], self.slice_images
     if k and b > k and b % k == 0:
-      n = b // k  # slice i: images i, i + n, i + 2n, ...
-      slices = images.reshape(k, n, *images.shape[1:])
-      x = jnp.stack([features(slices[:, i]) for i in range(n)], axis=1).reshape(b, -1)
+      x = merge_slices(jnp.stack([features(s) for s in strided_slices(images, k)]))
     else:
       x = features(images)
     if train:

@@ -146,9 +146,7 @@ def predict_step(state: TrainState, images: jax.Array, chunk: int = 0) -> jax.Ar
   n = images.shape[0]
   if not chunk or n <= chunk or n % chunk:
     return forward(images)
-  # Pass j takes images j, j + n/chunk, ...: each device keeps its own share of every pass.
-  passes = jnp.swapaxes(images.reshape(chunk, n // chunk, *images.shape[1:]), 0, 1)
-  return jax.lax.map(forward, passes).T.reshape(n)
+  return models.merge_slices(jax.lax.map(forward, models.strided_slices(images, chunk)))
 
 
 class Steps:

@@ -4,8 +4,11 @@
 
 Peak: a large square `jnp.dot` in float32 and bfloat16. Step FLOPs: XLA's own cost
 analysis of the compiled train step (convolutions, dense layers, their gradients).
+First it prints which of the CPU's bfloat16 matrix features the OS exposes: without
+AMX, bfloat16 has no faster matrix unit to use than float32 has.
 """
 import argparse
+import pathlib
 import time
 
 from comicface import host  # XLA flags for CPUs, before JAX starts
@@ -28,12 +31,25 @@ def dot_gflops(n: int, dtype) -> float:
   return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
 
 
+def cpu_matrix_features() -> str:
+  """The bfloat16-related flags of /proc/cpuinfo (Linux), or why there are none."""
+  cpuinfo = pathlib.Path('/proc/cpuinfo')
+  if not cpuinfo.exists():
+    return 'unknown (no /proc/cpuinfo)'
+  flags = next((l.split(':', 1)[1].split() for l in cpuinfo.read_text().splitlines()
+                if l.startswith('flags')), [])
+  wanted = ('avx512f', 'avx512_bf16', 'amx_tile', 'amx_bf16')
+  return ', '.join(f'{f} {"yes" if f in flags else "no"}' for f in wanted)
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--n', type=int, default=4096)
   p.add_argument('--batch', type=int, default=32)
   p.add_argument('--steps', type=int, default=10)
   a = p.parse_args()
+  if jax.default_backend() == 'cpu':
+    print(f'CPU: {cpu_matrix_features()}', flush=True)
   for dtype in ('float32', 'bfloat16'):
     peak = dot_gflops(a.n, jnp.dtype(dtype))
     config = config_for('cnn', a.batch, dtype, 'adam')

@@ -40,7 +40,7 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str,
     state = train.restore(mngr, step, state)
   finally:
     mngr.close()
-  return train.Steps(mesh, predict_chunk=config.predict_chunk), state, step
+  return train.steps_for(mesh, predict_chunk=config.predict_chunk), state, step
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, split: str = 'test',

@@ -12,9 +12,10 @@ import json
 import math
 import pathlib
 import signal
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import logging
+from flax import linen as nn
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -52,10 +53,12 @@ def make_mesh(trials: int = 1) -> jax.sharding.Mesh:
   return jax.make_mesh((t, n // t), ('trial', 'data'), axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam or SGD; the learning rate is state (inject_hyperparams), so trials can differ in it."""
-  make = {'adam': optax.adam, 'sgd': optax.sgd}[config.optimizer]
-  return optax.inject_hyperparams(make)(learning_rate=config.learning_rate)
+@functools.cache
+def create_optimizer(name: str) -> optax.GradientTransformation:
+  """Adam or SGD, one instance per name. The learning rate is state
+  (inject_hyperparams, set by `create_train_state`), so trials can differ in it."""
+  make = {'adam': optax.adam, 'sgd': optax.sgd}[name]
+  return optax.inject_hyperparams(make)(learning_rate=0.0)
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -63,28 +66,45 @@ def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   return (c.size, c.size, 1 if c.mode == 'L' else 3)
 
 
-def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                       trials: Sequence[ml_collections.ConfigDict] = ()) -> TrainState:
-  """The initial state of `config`, replicated; with `trials`, a stack of one state
-  per trial config (same initial parameters, each its own learning and dropout rate)."""
-  model = models.create_model(config)
-  tx = create_optimizer(config)
+@functools.cache
+def _interned(model: nn.Module) -> nn.Module:
+  """The first module equal to `model`: the state's `apply_fn` (a bound method)
+  compares by its module's identity, and compiled steps key on it."""
+  return model
 
+
+@functools.cache
+def _initializer(model: nn.Module, tx: optax.GradientTransformation, shape: tuple[int, ...],
+                 mesh: jax.sharding.Mesh, stacked: bool) -> Callable[..., TrainState]:
+  """The jitted init of (model, tx): cached, like `steps_for`, so that runs of one shape share it."""
   def init(rng, learning_rate, dropout_rate):
     params_rng, dropout_rng = jax.random.split(rng)
-    params = model.init(params_rng, jnp.zeros((1, *image_shape(config)), jnp.uint8))['params']
+    params = model.init(params_rng, jnp.zeros((1, *shape), jnp.uint8))['params']
     state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=dropout_rng,
                               dropout_rate=jnp.float32(dropout_rate))
     hyper = {**state.opt_state.hyperparams, 'learning_rate': jnp.float32(learning_rate)}
     return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
 
-  key = jax.random.key(config.seed)
+  if stacked:
+    return jax.jit(jax.vmap(init, in_axes=(None, 0, 0)), out_shardings=NamedSharding(mesh, P('trial')))
+  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))
+
+
+def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                       trials: Sequence[ml_collections.ConfigDict] = ()) -> TrainState:
+  """The initial state of `config`, replicated; with `trials`, a stack of one state
+  per trial config (same initial parameters, each its own learning and dropout rate).
+
+  Equal configs give states of one pytree structure (the same model and optimizer
+  objects), so a grid's trials of one shape reuse each other's compiled steps.
+  """
+  model = _interned(models.create_model(config))
+  init = _initializer(model, create_optimizer(config.optimizer), image_shape(config), mesh,
+                      bool(trials))
   rates = [(c.learning_rate, c.model.get('dropout_rate', 0.0)) for c in (trials or [config])]
   lrs, drops = (jnp.asarray(v, jnp.float32) for v in zip(*rates))
-  if trials:
-    return jax.jit(jax.vmap(init, in_axes=(None, 0, 0)),
-                   out_shardings=NamedSharding(mesh, P('trial')))(key, lrs, drops)
-  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(key, lrs[0], drops[0])
+  key = jax.random.key(config.seed)
+  return init(key, lrs, drops) if trials else init(key, lrs[0], drops[0])
 
 
 def _sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
@@ -151,7 +171,9 @@ def predict_step(state: TrainState, images: jax.Array, chunk: int = 0) -> jax.Ar
 
 class Steps:
   """The jitted steps for one mesh (vmapped over trials if `stacked`), and moving
-  host batches onto the mesh. `train` takes a block of batches (see `train_block`)."""
+  host batches onto the mesh. `train` takes a block of batches (see `train_block`).
+  Make them with `steps_for(...)`, which keeps one per setting, so that runs of one
+  shape (a grid's trials) compile once."""
 
   def __init__(self, mesh: jax.sharding.Mesh, stacked: bool = False, hflip: bool = False,
                predict_chunk: int = 0):
@@ -171,6 +193,9 @@ class Steps:
     """Builds global arrays from each process's slice of the batch (or block of batches)."""
     sharding = self.blocks if block else self.data
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+steps_for = functools.cache(Steps)
 
 
 def summarize(sums: Metrics, prefix: str) -> list[Record]:
@@ -271,8 +296,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str,
     state, histories = state.replace(**tree), meta['histories']
     logging.info('%s: resumed from step %d (after epoch %d).', workdir, int(tree['step'].max()),
                  len(histories[0]))
-  steps = Steps(mesh, stacked=bool(trials), hflip=config.augment_hflip,
-                predict_chunk=config.predict_chunk)
+  steps = steps_for(mesh, stacked=bool(trials), hflip=config.augment_hflip,
+                    predict_chunk=config.predict_chunk)
   return Run(config, workdir, steps, state, builder, mngr, names, histories)
 
 

@@ -1,5 +1,6 @@
 """The grid: expansion, grouping, selection, stacked == sequential, resumption, retraining, reports."""
 import json
+import logging
 import math
 import os
 import signal
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import ml_collections
 import pytest
 
@@ -67,11 +69,39 @@ def test_selection_breaks_ties_by_loss_then_fewer_epochs():
   assert grid.select({'c': histories['c']}, [1])[1]['epoch'] == 1           # only NaN: still a result
 
 
+class _Compiles(logging.Handler):
+  """Collects the messages of JAX's compile log."""
+
+  def __init__(self):
+    super().__init__()
+    self.messages = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope='module')
 def sequential(tmp_path_factory):
-  """The tiny grid run trial after trial, uninterrupted: (workdir, results)."""
+  """The tiny grid run trial after trial, uninterrupted: (workdir, results, JAX's
+  compile log messages during the run)."""
   workdir = tmp_path_factory.mktemp('sequential')
-  return workdir, grid.run(tiny_grid(grid_parallel='sequential'), str(workdir))
+  compiles, logger = _Compiles(), logging.getLogger('jax')
+  logger.addHandler(compiles)
+  try:
+    with jax.log_compiles():
+      results = grid.run(tiny_grid(grid_parallel='sequential'), str(workdir))
+  finally:
+    logger.removeHandler(compiles)
+  return workdir, results, compiles.messages
+
+
+def test_sequential_trials_of_one_shape_compile_their_steps_once(sequential):
+  # 4 trials (learning and dropout rates) and the retrain share one model shape: the
+  # train step compiles once at most (not at all where an earlier test compiled it).
+  finished = [m for m in sequential[2] if m.startswith('Finished XLA compilation of ')]
+  assert any('train_block' in m for m in finished) or not finished, sequential[2][:5]
+  assert sum('train_block' in m for m in finished) <= 1, finished
+  assert sum('jit(init)' in m or ' init ' in m for m in finished) <= 1, finished
 
 
 def test_stacked_equals_sequential(tmp_path, sequential):

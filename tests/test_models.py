@@ -71,6 +71,34 @@ def test_cnn_follows_the_plain_loss_curve(slice_images, convolutions):
                fast_params, plain_params)
 
 
+@pytest.mark.parametrize('shape', [(2, 12, 12, 1), (2, 13, 11, 3)])
+def test_fused_conv_and_pool_match_the_convolution_then_the_pool(shape):
+  """Values and (autodiff) kernel gradients, one and three input channels, odd edges."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.random(shape), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, shape[-1], 5)), jnp.float32)
+  plain = lambda x, k: models.max_pool_2x2(models.conv3x3(x, k))
+  np.testing.assert_allclose(models.conv_max_pool(x, kernel), plain(x, kernel), rtol=1e-5, atol=1e-5)
+  g = jnp.asarray(rng.normal(size=plain(x, kernel).shape), jnp.float32)
+  grad = lambda f: jax.grad(lambda k: jnp.sum(f(x, k) * g))(kernel)
+  np.testing.assert_allclose(grad(models.conv_max_pool), grad(plain), rtol=1e-4, atol=1e-4)
+
+
+def test_cnn_predicts_the_same_with_its_first_layer_fused():
+  """Inference fuses the first convolution with its pool (one convolution left in the
+  program); training keeps both convolutions (their gradients); same outputs."""
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 30, 30, 1)), jnp.uint8)
+  plain, fused = models.CNN(filters_1=6, filters_2=4), models.CNN(filters_1=6, filters_2=4, fuse_first_pool=True)
+  params = plain.init(jax.random.key(0), images)['params']
+  params['bias_0'] = jnp.linspace(-0.1, 0.1, 6)
+  np.testing.assert_allclose(fused.apply({'params': params}, images), plain.apply({'params': params}, images),
+                             rtol=1e-5, atol=1e-5)
+  assert _convolutions(fused, params, images) == 1 and _convolutions(plain, params, images) == 2
+  train = lambda m: jax.make_jaxpr(lambda p: m.apply({'params': p}, images, train=True, dropout_rate=0.5,
+                                                     rngs={'dropout': jax.random.key(1)}))(params)
+  assert str(train(fused)).count('conv_general_dilated') == 2
+
+
 def test_imagenet_scaling_is_per_channel():
   images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
   want = (images / 255.0 - models.IMAGENET_MEAN) / models.IMAGENET_STD

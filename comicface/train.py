@@ -67,16 +67,11 @@ def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
 
 
 @functools.cache
-def _interned(model: nn.Module) -> nn.Module:
-  """The first module equal to `model`: the state's `apply_fn` (a bound method)
-  compares by its module's identity, and compiled steps key on it."""
-  return model
-
-
-@functools.cache
 def _initializer(model: nn.Module, tx: optax.GradientTransformation, shape: tuple[int, ...],
                  mesh: jax.sharding.Mesh, stacked: bool) -> Callable[..., TrainState]:
-  """The jitted init of (model, tx): cached, like `steps_for`, so that runs of one shape share it."""
+  """The jitted init of (model, tx): cached, like `steps_for`, so that runs of one shape
+  share it, and their states hold the same model object (the state's `apply_fn`, a bound
+  method, compares by its module's identity, and compiled steps key on it)."""
   def init(rng, learning_rate, dropout_rate):
     params_rng, dropout_rng = jax.random.split(rng)
     params = model.init(params_rng, jnp.zeros((1, *shape), jnp.uint8))['params']
@@ -98,9 +93,8 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
   Equal configs give states of one pytree structure (the same model and optimizer
   objects), so a grid's trials of one shape reuse each other's compiled steps.
   """
-  model = _interned(models.create_model(config))
-  init = _initializer(model, create_optimizer(config.optimizer), image_shape(config), mesh,
-                      bool(trials))
+  init = _initializer(models.create_model(config), create_optimizer(config.optimizer),
+                      image_shape(config), mesh, bool(trials))
   rates = [(c.learning_rate, c.model.get('dropout_rate', 0.0)) for c in (trials or [config])]
   lrs, drops = (jnp.asarray(v, jnp.float32) for v in zip(*rates))
   key = jax.random.key(config.seed)

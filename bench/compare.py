@@ -1,6 +1,7 @@
 """comicface against the studies' own code, alternately (A B A B ...), median of N pairs.
 
     python -m bench.compare [--pairs 3] [--steps 20] [--grid]     (or: make bench)
+    python -m bench.compare --pairs 0 --grid                       (the grid alone)
 
 The peers (bench/peers/: Keras for the CNN study, PyTorch for the MLP study) run in
 their own venvs under ~/.cache/comicface-bench/, made on first use from
@@ -72,7 +73,7 @@ def main() -> None:
   a = p.parse_args()
   rows = []
   print(f'{"what":<38} {"project":>10} {"peer":>10} {"ratio":>7}', flush=True)
-  for label, ours, theirs, metric in cases(a.steps):
+  for label, ours, theirs, metric in cases(a.steps) if a.pairs else ():
     mine, peer = [], []
     for _ in range(a.pairs):
       mine.append(run_json(ours)[metric])
@@ -81,13 +82,13 @@ def main() -> None:
     rows.append((label, m, q))
     print(f'{label:<38} {m:>10.1f} {q:>10.1f} {m / q:>6.2f}x', flush=True)
   if a.grid:
-    keras = [peer_python('keras'), str(PEERS / 'keras_cnn.py'), '--grid', '--images=1024']
-    ours = [sys.executable, '-m', 'bench.grid_time', '--pairs=730', '--json']
-    mine = run_json(ours)['seconds']
-    peer = run_json(keras)['seconds']
-    print(f'{"CNN grid, 16 trials x 1 epoch, 1024 img (s)":<38} {mine:>10.1f} {peer:>10.1f} '
-          f'{peer / mine:>6.2f}x', flush=True)
-  print(f'(images/s; ratio = project / peer; median of {a.pairs} alternating pairs)')
+    ours = run_json([sys.executable, '-m', 'bench.grid_time', '--pairs=730', '--json'])
+    n = ours['images']  # the peer trains on as many images as the stand-in's train split holds
+    peer = run_json([peer_python('keras'), str(PEERS / 'keras_cnn.py'), '--grid', f'--images={n}'])
+    print(f'{f"CNN grid, 16 trials x 1 epoch, {n} img (s)":<38} {ours["seconds"]:>10.1f} '
+          f'{peer["seconds"]:>10.1f} {peer["seconds"] / ours["seconds"]:>6.2f}x', flush=True)
+  if a.pairs:
+    print(f'(images/s; ratio = project / peer; median of {a.pairs} alternating pairs)')
 
 
 if __name__ == '__main__':

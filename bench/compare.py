@@ -71,7 +71,6 @@ def main() -> None:
   p.add_argument('--steps', type=int, default=20)
   p.add_argument('--grid', action='store_true', help='also the reduced CNN grid (slow)')
   a = p.parse_args()
-  rows = []
   print(f'{"what":<38} {"project":>10} {"peer":>10} {"ratio":>7}', flush=True)
   for label, ours, theirs, metric in cases(a.steps) if a.pairs else ():
     mine, peer = [], []
@@ -79,7 +78,6 @@ def main() -> None:
       mine.append(run_json(ours)[metric])
       peer.append(run_json(theirs)[metric])
     m, q = statistics.median(mine), statistics.median(peer)
-    rows.append((label, m, q))
     print(f'{label:<38} {m:>10.1f} {q:>10.1f} {m / q:>6.2f}x', flush=True)
   if a.grid:
     ours = run_json([sys.executable, '-m', 'bench.grid_time', '--pairs=730', '--json'])

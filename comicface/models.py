@@ -132,7 +132,8 @@ class CNN(nn.Module):
   - `fuse_first_pool` computes the first convolution and its pool in one pass
     (`conv_max_pool`) where it does not train: on a CPU, that layer's forward pass
     runs about 4x faster than XLA's convolution and the pool. Training keeps
-    XLA's convolution, whose weight gradient is faster than the fused form's.
+    XLA's convolution: the fused form with its own gradient made the train step
+    no faster (docs/performance.md).
   Only float rounding differs.
 
   The dropout rate is an argument, not a field: it is a value of the train state

@@ -1,17 +1,23 @@
 # The two quick-start commands: `make demo` (the default job end to end) and `make test`.
+# `make install ACCEL=cuda13` (NVIDIA GPUs) or `ACCEL=tpu` (TPU VMs) installs the matching JAX.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/default
+ACCEL ?= cpu
+ifeq ($(filter $(ACCEL),cpu cuda13 tpu),)
+$(error ACCEL=$(ACCEL): must be cpu, cuda13 or tpu)
+endif
+EXTRAS := $(if $(filter cpu,$(ACCEL)),,[$(ACCEL)])
 
-.PHONY: install demo test lint bench
-install: $(VENV)/.installed
+.PHONY: install demo test test-fast lint bench
+install: $(VENV)/.installed-$(ACCEL)
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+$(VENV)/.installed-$(ACCEL): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q -e ".$(EXTRAS)"
 	touch $@
 
 demo: install
@@ -19,6 +25,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+test-fast: install  # a one-minute loop: the tests not marked slow
+	$(PY) -m pytest -q -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check --select F,E9 --line-length 110 .

@@ -1,8 +1,9 @@
-"""The entry point behind main.py: multi-host start-up, logging, then one mode."""
+"""The entry point behind main.py: multi-host start-up, logging, one mode, readable errors."""
 from __future__ import annotations
 
 import logging as std_logging
 import os
+import sys
 from typing import Sequence
 
 from absl import logging
@@ -10,6 +11,8 @@ import jax
 import ml_collections
 
 from comicface import configuration
+from comicface import errors
+from comicface import host
 
 
 def _quiet_libraries(record) -> bool:
@@ -33,28 +36,57 @@ def _initialize_distributed() -> None:
     jax.distributed.initialize(**kwargs)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, mode: str = 'train', *,
-        split: str = 'test', step: int | None = None, images: Sequence[str] = ()) -> int:
-  """Runs `mode` ('train', 'evaluate' or 'predict'); returns the process exit code."""
+def run(config: ml_collections.ConfigDict | None, workdir: str, mode: str = 'train', *,
+        split: str = 'test', step: int | None = None, images: Sequence[str] = (),
+        data: str | None = None, data_dir: str | None = None, verbose: bool = False) -> int:
+  """Runs `mode` ('train', 'evaluate' or 'predict'); returns the process exit code.
+
+  The project's own errors (errors.UserError) print their message alone and
+  return 1; `verbose` (or COMICFACE_VERBOSE=1) lets them raise, with the traceback.
+  """
+  try:
+    return _run(config, workdir, mode, split=split, step=step, images=images, data=data,
+                data_dir=data_dir)
+  except errors.UserError as e:
+    if verbose or os.environ.get('COMICFACE_VERBOSE', '') not in ('', '0'):
+      raise
+    print(f'{type(e).__name__}: {e}', file=sys.stderr, flush=True)
+    return 1
+
+
+def _run(config, workdir, mode, *, split, step, images, data, data_dir) -> int:
   logging.get_absl_handler().python_handler.addFilter(_quiet_libraries)
   _initialize_distributed()
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)  # process 0 alone logs progress
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
-  configuration.validate(config)
+  host.warn_if_accelerator_unused()
+  if config is None and mode == 'train':
+    raise configuration.ConfigError('--mode=train needs --config=configs/NAME.py.')
+  if config is not None:
+    configuration.validate(config)
+  if mode == 'predict' and not images:
+    raise configuration.ConfigError("--mode=predict needs --images='GLOB' (comma-separated for several).")
   # Imported here so a bad config or flag fails before the heavier imports.
   from comicface import grid, inference, train  # pylint: disable=g-import-not-at-top
   if mode == 'train':  # each returns None if preempted: exit 0, and a rerun resumes
     (grid.run if config.grid else train.train_and_evaluate)(config, workdir)
-  elif mode == 'evaluate':
-    r = inference.evaluate(config, workdir, split, step)
-    logging.info('%s accuracy %.4f, loss %.4f on %d images (checkpoint step %d).', split,
-                 r['test_accuracy'], r['test_loss'], r['num_test_examples'], r['step'])
-  elif mode == 'predict':
-    if not images:
-      raise ValueError("--mode=predict needs --images='GLOB' (comma-separated for several).")
-    return 1 if inference.predict(config, workdir, list(images)) else 0
-  else:
-    raise ValueError(f"--mode must be 'train', 'evaluate' or 'predict', not {mode!r}")
-  return 0
+    return 0
+  model = inference.load(workdir, config, step)
+  if mode == 'evaluate':
+    r = model.evaluate(data, split, data_dir)
+    lo, hi = r['accuracy_95ci']
+    logging.info('%s of %s: accuracy %.4f (95%% CI %.4f-%.4f), loss %.4f, %d errors in %d images '
+                 '(checkpoint step %d%s).', split, r['data'], r['accuracy'], lo, hi, r['loss'], r['errors'],
+                 r['num_examples'], r['step'], f', trial {r["trial"]}' if r['trial'] else '')
+    return 0
+  failed = 0
+  for path, probs, why in model.predict_files(inference.expand_patterns(images)):
+    if probs is None:
+      failed += 1
+      print(f'{path}\terror\t{why}', flush=True)
+    else:
+      shown = ' '.join(f'{c}={p:.4f}' for c, p in zip(model.classes, probs))
+      print(f'{path}\t{model.classes[int(probs.argmax())]}\t{shown}', flush=True)
+  return 1 if failed else 0

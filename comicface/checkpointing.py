@@ -9,8 +9,10 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from comicface import errors
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(errors.UserError, RuntimeError):
   """A checkpoint could not be written (disk full, permissions...)."""
 
 

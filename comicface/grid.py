@@ -26,6 +26,7 @@ from comicface import input_pipeline
 from comicface import logs
 from comicface import report
 from comicface import train
+from comicface import workdir as workdirs
 
 EPOCHS = 'num_epochs'
 VALUE_AXES = ('learning_rate', 'model.dropout_rate')  # trials differing only here can stack
@@ -122,7 +123,7 @@ def run_group(group: list[Trial], workdir: pathlib.Path, mode: str, epochs: list
   """
   dirs = [workdir / 'trials' / t.name for t in group]
   if mode == 'sequential':
-    configuration.claim_workdir(group[0].config, str(dirs[0]))
+    workdirs.claim(group[0].config, str(dirs[0]))
     run = train.setup(group[0].config, str(dirs[0]))
   else:
     run_dir = workdir / 'groups' / group[0].name
@@ -151,7 +152,7 @@ def _one_dataset(config: ml_collections.ConfigDict, workdir: str) -> ml_collecti
   if config.dataset.manual_dir:
     return config
   input_pipeline.prepare(config, workdir)
-  manual_dir, data_dir, _ = input_pipeline.source_dirs(config.dataset, workdir)
+  manual_dir, data_dir, _ = input_pipeline.source_dirs(config.dataset, workdir)  # absolute
   shared = ml_collections.ConfigDict(config.to_dict())
   shared.dataset.manual_dir, shared.dataset.data_dir = str(manual_dir), data_dir
   return shared
@@ -159,8 +160,14 @@ def _one_dataset(config: ml_collections.ConfigDict, workdir: str) -> ml_collecti
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
   """Runs the grid of `config` in `workdir`; writes and returns `results.json`."""
+  workdirs.check(config, workdir)
+  with workdirs.Hold(workdir):
+    workdirs.claim(config, workdir)
+    return _run(config, workdir)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
   root = pathlib.Path(workdir)
-  configuration.claim_workdir(config, workdir)
   if (root / 'results.json').exists():
     return json.loads((root / 'results.json').read_text())
   trials, epochs = expand(_one_dataset(config, workdir))

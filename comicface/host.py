@@ -1,4 +1,5 @@
-"""What the project sets by itself for the machine it runs on, unless the user has.
+"""What the project sets by itself for the machine it runs on, unless the user has, and
+the check that JAX uses the machine's accelerator.
 
 Both settings target CPUs and are harmless elsewhere:
 - an XLA flag, set on import of `comicface` (before JAX starts): XLA:CPU's default
@@ -11,8 +12,11 @@ Both settings target CPUs and are harmless elsewhere:
 from __future__ import annotations
 
 import os
+import pathlib
 import platform
 import sys
+
+from absl import logging
 
 XLA_CPU_FLAGS = '--xla_cpu_experimental_ynn_fusion_type=dot,reduce'
 MALLOC_TUNABLES = 'glibc.malloc.hugetlb=1'
@@ -38,3 +42,38 @@ def restart_with_huge_pages() -> None:
     return
   os.environ['GLIBC_TUNABLES'] = MALLOC_TUNABLES
   os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+TPU_PCI_DEVICES = ('0x0027', '0x0056', '0x005e', '0x0062', '0x0063', '0x006f', '0x0076')  # v3 .. TPU7x
+INSTALL = {'gpu': 'make install ACCEL=cuda13', 'tpu': 'make install ACCEL=tpu'}  # or pip install -e '.[cuda13]'
+
+
+def find_accelerator(root: str = '/') -> str | None:
+  """'gpu' (an NVIDIA GPU), 'tpu' (Google TPU chips on the PCI bus) or None, as JAX's
+  own start-up looks for them."""
+  base = pathlib.Path(root)
+  if any((base / 'dev' / d).exists() for d in ('nvidia0', 'nvidiactl')):
+    return 'gpu'
+  for device in sorted((base / 'sys' / 'bus' / 'pci' / 'devices').glob('*')):
+    try:
+      vendor, kind, model = ((device / f).read_text().strip() for f in ('vendor', 'class', 'device'))
+    except OSError:
+      continue
+    if vendor == '0x1ae0' and model in TPU_PCI_DEVICES:
+      return 'tpu'
+    if vendor == '0x10de' and kind.startswith('0x03'):  # a display or 3D controller
+      return 'gpu'
+  return None
+
+
+def warn_if_accelerator_unused(root: str = '/') -> bool:
+  """Warns loudly, naming the install command, where the machine has an accelerator
+  but JAX runs on the CPU (a CPU-only jaxlib). Returns whether it warned."""
+  import jax  # pylint: disable=g-import-not-at-top
+  found = find_accelerator(root)
+  if found is None or jax.default_backend() != 'cpu':
+    return False
+  logging.warning('%s\n  This machine has %s, but JAX sees only the CPU: this run would train on '
+                  'the CPU.\n  Install the matching JAX (`%s`), then rerun.\n%s', '!' * 72,
+                  'an NVIDIA GPU' if found == 'gpu' else 'TPU chips', INSTALL[found], '!' * 72)
+  return True

@@ -16,16 +16,18 @@ import numpy as np
 from PIL import Image, ImageOps
 import simplejpeg
 
+from comicface import errors
+
 # Refuse anything larger before decoding (a "decompression bomb"). The real
 # dataset is 1024x1024; this admits images up to about 8000x8000.
 MAX_PIXELS = 64_000_000
 IMAGE_EXTENSIONS = frozenset(
     {'.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff'})
 
-Source = Union[str, os.PathLike, bytes]
+Source = Union[str, os.PathLike, bytes, np.ndarray]
 
 
-class ImageError(ValueError):
+class ImageError(errors.UserError, ValueError):
   """A file that cannot be turned into an image (corrupt, empty, too big)."""
 
 
@@ -100,8 +102,18 @@ def _decode_pil(data: bytes, size: int, mode: str) -> Image.Image:
     raise ImageError(f'cannot decode image: {e}') from e
 
 
+def _from_array(pixels: np.ndarray, mode: str) -> Image.Image:
+  """A uint8 (h, w), (h, w, 1), (h, w, 3) or (h, w, 4) array as a PIL image in `mode`."""
+  if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (
+      pixels.ndim == 3 and pixels.shape[-1] not in (1, 3, 4)):
+    raise ImageError(f'an image array must be uint8 of shape (h, w[, 1|3|4]), not '
+                     f'{pixels.dtype} {pixels.shape}')
+  return _to_mode(Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels), mode)
+
+
 def load_image(source: Source, size: int, mode: str) -> np.ndarray:
-  """Decodes `source` (a path or encoded bytes) to a `(size, size, C)` uint8 array.
+  """Decodes `source` (a path, encoded bytes, or a uint8 pixel array) to a
+  `(size, size, C)` uint8 array.
 
   Steps: EXIF orientation, colour conversion to `mode` ('L' or 'RGB'), a centre
   crop to a square, and an antialiased (Lanczos) resize. JPEGs are first
@@ -110,11 +122,14 @@ def load_image(source: Source, size: int, mode: str) -> np.ndarray:
   """
   if mode not in ('L', 'RGB'):
     raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
-  data = source if isinstance(source, bytes) else pathlib.Path(source).read_bytes()
-  arr = _decode_turbo(data, size, mode)
-  if arr is not None and arr.shape[:2] == (size, size):
-    return arr  # the decoder's own scaling gave the size: cropping and resizing change nothing
-  img = _decode_pil(data, size, mode) if arr is None else Image.fromarray(arr.squeeze(-1) if mode == 'L' else arr)
+  if isinstance(source, np.ndarray):
+    img = _from_array(source, mode)
+  else:
+    data = source if isinstance(source, bytes) else pathlib.Path(source).read_bytes()
+    arr = _decode_turbo(data, size, mode)
+    if arr is not None and arr.shape[:2] == (size, size):
+      return arr  # the decoder's own scaling gave the size: cropping and resizing change nothing
+    img = _decode_pil(data, size, mode) if arr is None else Image.fromarray(arr.squeeze(-1) if mode == 'L' else arr)
   w, h = img.size
   side = min(w, h)
   box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)

@@ -1,89 +1,180 @@
-"""Evaluate a saved checkpoint on a split, or predict new image files."""
+"""A trained model restored from its workdir: predict images, evaluate on any data.
+
+    model = comicface.load('runs/cnn')            # a run, or a search's retrained winner
+    model.predict(['a.jpg', pixels])              # class probabilities, one row per image
+    model.evaluate(data='~/Downloads/v1.zip', split='all')
+
+`--mode=predict` and `--mode=evaluate` call the same code.
+"""
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import pathlib
-import sys
-from typing import Any, TextIO
+import re
+from typing import Any, Iterator, Sequence
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
 
+from comicface import build_dataset
 from comicface import checkpointing
-from comicface import configuration
+from comicface import errors
 from comicface import imaging
 from comicface import input_pipeline
+from comicface import report
 from comicface import train
+from comicface import workdir as workdirs
+from tfds_builder.comic_faces import comic_faces_dataset_builder as builder_module
+
+ALL = 'all'  # --split=all: every example of the data
 
 
-class NoCheckpointError(FileNotFoundError):
+class NoCheckpointError(errors.UserError, FileNotFoundError):
   """The workdir holds no checkpoint to restore."""
 
 
-def restore_state(config: ml_collections.ConfigDict, workdir: str,
-                  step: int | None = None) -> tuple[train.Steps, train.TrainState, int]:
-  """The jitted steps and the state of checkpoint `step` (default: the best one)."""
-  configuration.check_workdir(config, workdir)
-  mesh = train.make_mesh()
-  state = train.create_train_state(config, mesh)
-  mngr = checkpointing.manager(workdir, config.keep_checkpoints)
-  try:
-    available = mngr.all_steps()
-    if not available:
-      raise NoCheckpointError(f'{workdir} holds no checkpoint: train there first '
-                              '(the same command without --mode).')
-    step = mngr.best_step() if step is None else step
-    if step not in available:
-      raise NoCheckpointError(f'{workdir} has no checkpoint at step {step}; it has {sorted(available)}.')
-    state = train.restore(mngr, step, state)
-  finally:
-    mngr.close()
-  return train.steps_for(mesh, predict_chunk=config.predict_chunk), state, step
+def trained_run(workdir: str) -> tuple[str, ml_collections.ConfigDict, str | None]:
+  """(folder, config, winning trial or None) of the model that training in `workdir`
+  made: the workdir itself for a run, its retrained winner (`final/`) for a search."""
+  config = workdirs.recorded_config(workdir)
+  if not config.grid:
+    return workdir, config, None
+  final = pathlib.Path(workdir) / 'final'
+  results = pathlib.Path(workdir) / 'results.json'
+  if not results.exists():
+    raise NoCheckpointError(f'{workdir} holds a search whose winner is not retrained yet: rerun its '
+                            'training command (the same, without --mode) to finish it.')
+  return str(final), workdirs.recorded_config(str(final)), json.loads(results.read_text())['winner']
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, split: str = 'test',
-             step: int | None = None) -> dict[str, Any]:
-  """Evaluates checkpoint `step` (default: best) on `split`; writes `workdir/evaluation.json`."""
-  steps, state, step = restore_state(config, workdir, step)
-  builder = input_pipeline.prepare(config, workdir)
-  data = input_pipeline.open_split(builder, split, config.batch_size,
-                                   config.dataset.split_scheme)
-  (metrics,), _ = train.evaluate_split(steps, state, data, 'test')
-  results = {**metrics, 'split': split, 'step': step,
-             'config': config.to_dict()}
-  if jax.process_index() == 0:
-    (pathlib.Path(workdir) / 'evaluation.json').write_text(json.dumps(results, indent=2))
-  return results
+def load(workdir: str, config: ml_collections.ConfigDict | None = None, step: int | None = None) -> Model:
+  """The model trained in `workdir` (its best checkpoint, or `step`).
 
-
-def predict(config: ml_collections.ConfigDict, workdir: str, patterns: list[str],
-            out: TextIO = sys.stdout) -> int:
-  """Prints `PATH<TAB>face|comic<TAB>P(face)` per image, `PATH<TAB>error<TAB>WHY` per failure.
-
-  Images are decoded with the builder's own function. Returns the error count.
+  `config` (optional) must agree with the recorded one on what defines the
+  checkpoints; the recorded config is what is used.
   """
-  steps, state, _ = restore_state(config, workdir)
-  bcfg = input_pipeline.builder_config(config.dataset.name)
-  paths = [p for pattern in patterns for p in (sorted(glob.glob(pattern)) or [pattern])]
-  batch = max(jax.device_count(), config.batch_size)
-  errors = 0
-  for start in range(0, len(paths), batch):
-    images, good = [], []
-    for path in paths[start:start + batch]:
-      try:
-        if pathlib.Path(path).is_dir():
-          raise imaging.ImageError('is a directory')
-        images.append(imaging.load_image(path, bcfg.size, bcfg.mode))
-        good.append(path)
-      except (imaging.ImageError, OSError) as e:
-        errors += 1
-        print(f'{path}\terror\t{e}', file=out, flush=True)
-    if not good:
-      continue
-    x = np.stack(images + [images[0]] * (batch - len(images)))  # fixed shape: one compile
-    p_face = np.asarray(jax.device_get(steps.predict(state, jax.device_put(x, steps.data))))
-    for path, p in zip(good, p_face):
-      print(f'{path}\t{"face" if p >= 0.5 else "comic"}\t{p:.4f}', file=out, flush=True)
-  return errors
+  if config is not None:
+    workdirs.check(config, workdir)
+  folder, run_config, trial = trained_run(workdir)
+  mesh = train.make_mesh()
+  state = train.create_train_state(run_config, mesh)
+  manager = checkpointing.manager(folder, run_config.keep_checkpoints)
+  try:
+    available = manager.all_steps()
+    if not available:
+      raise NoCheckpointError(f'{folder} holds no checkpoint: train there first '
+                              '(the same command without --mode).')
+    tested = manager.latest_step() if run_config.test_checkpoint == 'last' else manager.best_step()
+    chosen = tested if step is None else step
+    if chosen not in available:
+      raise NoCheckpointError(f'{folder} has no checkpoint at step {chosen}; it has {sorted(available)}.')
+    state = train.restore(manager, chosen, state)
+  finally:
+    manager.close()
+  steps = train.steps_for(mesh, predict_chunk=run_config.predict_chunk)
+  if trial:
+    logging.info('%s: the search winner %s, retrained (checkpoint step %d).', workdir, trial, chosen)
+  return Model(workdir, folder, run_config, steps, state, chosen, chosen == tested, trial)
+
+
+@dataclasses.dataclass
+class Model:
+  """A restored model: `predict` images, `evaluate` data."""
+  workdir: str
+  folder: str  # where its checkpoints are (the workdir, or a search's final/)
+  config: ml_collections.ConfigDict
+  steps: train.Steps
+  state: train.TrainState
+  step: int
+  tested_step: bool  # whether `step` is the checkpoint that training tested
+  trial: str | None = None  # the search's winning trial
+
+  @property
+  def classes(self) -> tuple[str, ...]:
+    return builder_module.CLASS_NAMES
+
+  def _probabilities(self, pixels: list[np.ndarray]) -> np.ndarray:
+    """(n, classes) probabilities of decoded images, in batches of a fixed shape (one compile)."""
+    batch = self.config.batch_size
+    out = []
+    for start in range(0, len(pixels), batch):
+      chunk = pixels[start:start + batch]
+      x = np.stack(chunk + [chunk[0]] * (batch - len(chunk)))
+      p_face = np.asarray(jax.device_get(self.steps.predict(self.state, jax.device_put(x, self.steps.data))))
+      out.append(np.stack([1 - p_face, p_face], axis=-1)[:len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+  def _decode(self, image: imaging.Source) -> np.ndarray:
+    c = input_pipeline.builder_config(self.config.dataset.name)
+    try:
+      return imaging.load_image(image, c.size, c.mode)
+    except imaging.ImageError as e:
+      raise imaging.ImageError(f'{_describe(image)}: {e}') from e
+
+  def predict(self, images: Sequence[imaging.Source]) -> np.ndarray:
+    """Class probabilities (columns: `classes`) of image files, encoded bytes or uint8
+    arrays, decoded and resized by the dataset builder's own function. A bad image
+    raises ImageError naming it."""
+    return self._probabilities([self._decode(image) for image in images])
+
+  def predict_files(self, paths: Sequence[str]) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+    """(path, probabilities, None) per readable file and (path, None, why) per other one,
+    in order; `predict` of the readable ones, a batch at a time."""
+    for start in range(0, len(paths), self.config.batch_size):
+      done, good = {}, []
+      for path in paths[start:start + self.config.batch_size]:
+        try:
+          if pathlib.Path(path).is_dir():
+            raise imaging.ImageError('is a directory')
+          good.append((path, self._decode(path)))
+        except (imaging.ImageError, OSError) as e:
+          done[path] = str(e)
+      probs = dict(zip((p for p, _ in good), self._probabilities([x for _, x in good])))
+      for path in paths[start:start + self.config.batch_size]:
+        yield (path, probs[path], None) if path in probs else (path, None, done[path])
+
+  def evaluate(self, data: str | None = None, split: str = 'test', data_dir: str | None = None) -> dict[str, Any]:
+    """Accuracy, loss, 95% interval, errors and confusion matrix on `split` ('all': every
+    example) of the run's own data, or of `data` (a folder or zip in the dataset's v1 or v2
+    layout, built by the same builder into a data dir of its own). Writes
+    `evaluations/<data>-<split>.json` in the workdir, and changes nothing else there."""
+    config, name = ml_collections.ConfigDict(self.config.to_dict()), 'own'
+    if data:
+      source = builder_module.find_root(pathlib.Path(data).expanduser())
+      fingerprint = builder_module.fingerprint(builder_module.list_items(source))
+      name = f'{re.sub(r"[^A-Za-z0-9_.]+", "_", pathlib.Path(data).expanduser().name)}-{fingerprint[:8]}'
+      config.dataset.manual_dir = str(pathlib.Path(data).expanduser().absolute())
+      config.dataset.data_dir = data_dir or str(build_dataset.default_data_dir() / 'comicface_eval' / name)
+    builder = input_pipeline.prepare(config, self.folder)
+    splits = ['train', 'validation', 'test'] if split == ALL else split
+    examples = input_pipeline.open_split(builder, splits, config.batch_size, config.dataset.split_scheme)
+    (metrics,), probs = train.evaluate_split(self.steps, self.state, examples, 'eval')
+    labels = examples.labels()
+    predicted = (probs >= 0.5).astype(int)
+    matrix = report.confusion(labels, predicted, len(self.classes))
+    n, wrong = int(matrix.sum()), int(matrix.sum() - np.trace(matrix))
+    results = {'data': data or 'own', 'data_dir': str(builder.data_dir), 'split': split, 'step': self.step,
+               'trial': self.trial, 'num_examples': n, 'accuracy': metrics['eval_accuracy'],
+               'loss': metrics['eval_loss'], 'accuracy_95ci': list(report.wilson_interval(n - wrong, n)),
+               'errors': wrong, 'classes': list(self.classes), 'confusion': matrix.tolist()}
+    if jax.process_index() == 0:
+      out = pathlib.Path(self.workdir) / 'evaluations'
+      out.mkdir(exist_ok=True)
+      suffix = '' if self.tested_step else f'-step{self.step}'
+      (out / f'{name}-{split}{suffix}.json').write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _describe(image: imaging.Source) -> str:
+  if isinstance(image, np.ndarray):
+    return f'a {image.dtype} array of shape {image.shape}'
+  return f'{len(image)} bytes' if isinstance(image, bytes) else str(image)
+
+
+def expand_patterns(patterns: Sequence[str]) -> list[str]:
+  """Paths matching each glob, or the pattern itself where nothing matches (it will fail to read)."""
+  return [p for pattern in patterns for p in (sorted(glob.glob(pattern)) or [pattern])]

@@ -22,13 +22,15 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from comicface import build_dataset
+from comicface import configuration
+from comicface import errors
 from comicface import synthetic
 from tfds_builder.comic_faces import comic_faces_dataset_builder as cfb
 
 Batch = dict[str, np.ndarray]
 
 
-class SourceMismatchError(RuntimeError):
+class SourceMismatchError(errors.UserError, RuntimeError):
   """A built dataset exists, but from another source than the config names."""
 
 
@@ -37,7 +39,7 @@ def builder_config(dataset_name: str) -> cfb.ComicFacesConfig:
   name, _, config = dataset_name.partition('/')
   configs = cfb.Builder.builder_configs
   if name != 'comic_faces' or config not in configs:
-    raise ValueError(f'config.dataset.name={dataset_name!r} is not one of '
+    raise configuration.ConfigError(f'config.dataset.name={dataset_name!r} is not one of '
                      f'{["comic_faces/" + c for c in configs]}')
   return configs[config]
 
@@ -47,7 +49,7 @@ def source_dirs(ds: ml_collections.ConfigDict, workdir: str) -> tuple[pathlib.Pa
   if ds.manual_dir:
     return pathlib.Path(ds.manual_dir).expanduser(), ds.data_dir or None, False
   # The stand-in and its build live together, one folder per generator setting.
-  root = pathlib.Path(workdir) / (
+  root = pathlib.Path(workdir).absolute() / (
       f'standin_{ds.synthetic_pairs}x{ds.synthetic_size}_seed{ds.synthetic_seed}')
   return root, ds.data_dir or str(root / 'tfds'), True
 
@@ -65,7 +67,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tfds.core.Datase
   for turn in range(2):
     if (jax.process_index() == 0) == (turn == 0):
       if stand_in:
-        logging.warning('*' * 72 + '\n  config.dataset.manual_dir is empty: training on a GENERATED '
+        logging.warning('*' * 72 + '\n  config.dataset.manual_dir is empty: using a GENERATED '
                         'STAND-IN\n  (%d synthetic pairs in %s), not on the Kaggle data.\n' + '*' * 72,
                         ds.synthetic_pairs, manual_dir)
         if not (manual_dir / synthetic.V2_INNER / 'comics' / f'{ds.synthetic_pairs - 1}.jpg').exists():
@@ -108,16 +110,26 @@ class Split:
   def local_batch(self) -> int:
     return self.global_batch // jax.process_count()
 
+  def records(self, positions: Sequence[int]) -> list[dict]:
+    """The examples at `positions` of this split; a damaged file raises CorruptBuildError."""
+    rows = [int(i) for i in (positions if self.index is None else self.index[np.asarray(positions, int)])]
+    try:
+      return self.source.__getitems__(rows)
+    except RuntimeError as e:  # array_record reports damage (a bad hash, a short file) so
+      raise build_dataset.read_error(str(self.source.dataset_info.data_dir), e) from e
+
+  def labels(self) -> np.ndarray:
+    """The label of every example, in split order."""
+    n = self.num_examples
+    return np.asarray([r['label'] for i in range(0, n, 1024) for r in self.records(range(i, min(i + 1024, n)))])
+
   def record(self, i: int) -> dict:
-    return self.source[int(i if self.index is None else self.index[i])]
+    return self.records([i])[0]
 
   def _read(self, positions: np.ndarray) -> Batch:
     """Reads this process's slice of a global batch of positions."""
     p = jax.process_index()
-    mine = positions[p * self.local_batch:(p + 1) * self.local_batch]
-    if self.index is not None:
-      mine = self.index[mine]
-    records = self.source.__getitems__([int(i) for i in mine])
+    records = self.records(positions[p * self.local_batch:(p + 1) * self.local_batch])
     return {'image': np.stack([r['image'] for r in records]),
             'label': np.asarray([r['label'] for r in records], np.int32)}
 
@@ -159,8 +171,8 @@ def scheme_splits(labels: np.ndarray, index_in_class: np.ndarray, scheme: str,
 @functools.lru_cache(maxsize=4)
 def _scheme_source(builder: tfds.core.DatasetBuilder, scheme: str, seed: int):
   source = builder.as_data_source('train+validation+test')
-  meta = [source.__getitems__(list(range(i, min(i + 1024, len(source)))))
-          for i in range(0, len(source), 1024)]
+  whole = Split(source, 1)
+  meta = [whole.records(range(i, min(i + 1024, len(source)))) for i in range(0, len(source), 1024)]
   labels = np.asarray([r['label'] for chunk in meta for r in chunk])
   index = np.asarray([r['index_in_class'] for chunk in meta for r in chunk])
   return source, scheme_splits(labels, index, scheme, seed)

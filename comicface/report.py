@@ -23,10 +23,10 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
   return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def confusion(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
   """[true, predicted] counts."""
-  m = np.zeros((2, 2), int)
-  np.add.at(m, (labels, (probs >= 0.5).astype(int)), 1)
+  m = np.zeros((num_classes, num_classes), int)
+  np.add.at(m, (labels, predicted), 1)
   return m
 
 
@@ -108,8 +108,8 @@ def write(workdir: str, results: dict[str, Any], split: Any, probs: np.ndarray,
   example in its order; `trials` the grid's table, one dict per trial.
   """
   out = pathlib.Path(workdir)
-  labels = np.asarray([split.record(i)['label'] for i in range(split.num_examples)])
-  m = confusion(labels, probs)
+  labels = split.labels()
+  m = confusion(labels, (probs >= 0.5).astype(int), len(CLASSES))
   n, errors = int(m.sum()), int(m[0, 1] + m[1, 0])
   lo, hi = wilson_interval(n - errors, n)
   wrong = [i for i in np.flatnonzero((probs >= 0.5) != labels)][:32]

@@ -27,10 +27,12 @@ import orbax.checkpoint as ocp
 
 from comicface import checkpointing
 from comicface import configuration
+from comicface import errors
 from comicface import input_pipeline
 from comicface import logs
 from comicface import models
 from comicface import report
+from comicface import workdir as workdirs
 
 Metrics = dict[str, jax.Array]
 Record = dict[str, float]
@@ -41,7 +43,7 @@ class TrainState(train_state.TrainState):
   dropout_rate: jax.Array  # a value, not a shape: stacked trials may differ in it
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.UserError, FloatingPointError):
   """The loss became NaN or Inf."""
 
 
@@ -366,15 +368,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains `config` in `workdir` (resuming what is there), then tests the best
   (or, with `config.test_checkpoint='last'`, the last) checkpoint.
 
-  Writes `results.json` and the report; a finished workdir is only reported.
+  Writes `results.json` and the report. A finished workdir is only reported, unless
+  `config.num_epochs` is higher than it trained: then it continues from its last
+  checkpoint (as a resume), and the best is selected and tested anew.
   Returns None if preempted (a checkpoint was saved; rerun to resume).
   """
+  workdirs.check(config, workdir)
+  with workdirs.Hold(workdir):
+    workdirs.claim(config, workdir)
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
   results_path = pathlib.Path(workdir) / 'results.json'
-  configuration.claim_workdir(config, workdir)
   if results_path.exists():
     results = json.loads(results_path.read_text())
-    logging.info('%s is finished: test accuracy %.4f. Nothing to do.', workdir, results['test_accuracy'])
-    return results
+    trained = results['history'][-1]['epoch']
+    if config.num_epochs <= trained:
+      logging.info('%s is finished: %d epochs trained, the config asks for %d, so nothing to train. '
+                   'Test accuracy %.4f.', workdir, trained, config.num_epochs, results['test_accuracy'])
+      return results
+    logging.info('%s is finished at %d epochs; extending it to %d.', workdir, trained, config.num_epochs)
   run = setup(config, workdir)
   try:
     if not fit(run, [workdir]):

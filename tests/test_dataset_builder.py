@@ -189,3 +189,45 @@ def test_build_command_without_tensorflow(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "comic_faces/rgb24: {'train': 38, 'validation': 4, 'test': 10}" in out
   assert (tmp_path / 'comic_faces' / 'gray128' / '1.0.0' / 'dataset_info.json').exists()
+
+
+def _damage(build_folder: pathlib.Path) -> pathlib.Path:
+  shard = next(build_folder.glob('comic_faces-train.array_record-*'))
+  data = bytearray(shard.read_bytes())
+  data[len(data) // 3:len(data) // 3 + 256] = bytes(256)
+  shard.write_bytes(bytes(data))
+  return shard
+
+
+@pytest.mark.parametrize('harm', ['damaged_shard', 'deleted_info', 'deleted_shard'])
+def test_a_damaged_or_half_deleted_build_is_set_aside_and_rebuilt(source_40, tmp_path, caplog, harm):
+  folder = pathlib.Path(build(source_40, tmp_path).data_dir)
+  expected = read_all(build(source_40, tmp_path / 'reference'))
+  if harm == 'damaged_shard':
+    _damage(folder)
+  else:
+    next(folder.glob('dataset_info.json' if harm == 'deleted_info' else '*train.array_record*')).unlink()
+  caplog.set_level('WARNING')
+  rebuilt = read_all(build(source_40, tmp_path))
+  assert f'The build in {folder} is damaged' in caplog.text
+  assert [e['filename'] for s in rebuilt.values() for e in s] == [
+      e['filename'] for s in expected.values() for e in s]
+  assert len(list(folder.parent.glob('1.0.0.damaged-*'))) == 1  # set aside, not deleted
+
+
+def test_a_damaged_build_of_other_source_files_names_its_folder(source_40, source_copy, tmp_path):
+  folder = pathlib.Path(build(source_40, tmp_path).data_dir)
+  _damage(folder)
+  (source_copy / 'faces' / '0.jpg').unlink()  # other files
+  with pytest.raises(build_dataset.CorruptBuildError, match=f'The build in {folder} is damaged'):
+    build(source_copy, tmp_path)
+
+
+def test_damage_found_while_reading_names_the_build(source_40, tmp_path):
+  from comicface import input_pipeline  # pylint: disable=g-import-not-at-top
+  builder = build(source_40, tmp_path)
+  split = input_pipeline.open_split(builder, 'train', 8)
+  split.records(range(split.num_examples))
+  _damage(pathlib.Path(builder.data_dir))
+  with pytest.raises(build_dataset.CorruptBuildError, match=f'Reading the build in {builder.data_dir} failed'):
+    split.records(range(split.num_examples))

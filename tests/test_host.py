@@ -35,3 +35,30 @@ def test_user_settings_are_left_alone():
                                  GLIBC_TUNABLES='')
   assert xla == "'--xla_cpu_experimental_ynn_fusion_type=dot'"
   assert tunables == "''" and at_start == 'False'
+
+
+@pytest.mark.parametrize('fake, found', [
+    ({'dev/nvidia0': ''}, 'gpu'),
+    ({'sys/bus/pci/devices/0000:00:05.0/vendor': '0x10de', 'sys/bus/pci/devices/0000:00:05.0/class': '0x030200',
+      'sys/bus/pci/devices/0000:00:05.0/device': '0x2330'}, 'gpu'),
+    ({'sys/bus/pci/devices/0000:00:04.0/vendor': '0x1ae0', 'sys/bus/pci/devices/0000:00:04.0/class': '0x120000',
+      'sys/bus/pci/devices/0000:00:04.0/device': '0x0063'}, 'tpu'),
+    ({'sys/bus/pci/devices/0000:00:01.0/vendor': '0x1af4', 'sys/bus/pci/devices/0000:00:01.0/class': '0x020000',
+      'sys/bus/pci/devices/0000:00:01.0/device': '0x1000'}, None),
+], ids=['nvidia_device_file', 'nvidia_pci', 'tpu_v5e_pci', 'network_card'])
+def test_accelerator_unused_by_jax_is_named_with_its_install(tmp_path, caplog, fake, found):
+  """On a (faked) machine with an accelerator, JAX on the CPU warns, naming the install."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from comicface import host  # pylint: disable=g-import-not-at-top
+  for name, text in fake.items():
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_text(text + '\n')
+  assert jax.default_backend() == 'cpu'
+  caplog.set_level('WARNING')
+  assert host.find_accelerator(str(tmp_path)) == found
+  assert host.warn_if_accelerator_unused(str(tmp_path)) == (found is not None)
+  if found:
+    assert f'make install ACCEL={"cuda13" if found == "gpu" else "tpu"}' in caplog.text
+    assert 'JAX sees only the CPU' in caplog.text
+  else:
+    assert not caplog.text

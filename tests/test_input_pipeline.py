@@ -4,7 +4,8 @@ import collections
 import numpy as np
 import pytest
 
-from comicface import configuration, input_pipeline
+from comicface import input_pipeline
+from comicface import workdir as workdirs
 from conftest import build, tiny_config
 
 
@@ -68,10 +69,10 @@ def test_build_from_another_source_is_never_reused(source_40, tmp_path):
 
 
 def test_workdir_of_another_config_is_refused(tmp_path):
-  configuration.claim_workdir(tiny_config(), str(tmp_path))
-  configuration.claim_workdir(tiny_config(num_epochs=9), str(tmp_path))  # more epochs: same run
-  with pytest.raises(configuration.WorkdirConflictError, match=r"model: workdir has .*'filters_1': 8"):
-    configuration.claim_workdir(tiny_config(**{'model.filters_1': 16}), str(tmp_path))
+  workdirs.claim(tiny_config(), str(tmp_path))
+  workdirs.claim(tiny_config(num_epochs=9), str(tmp_path))  # more epochs: same run
+  with pytest.raises(workdirs.WorkdirConflictError, match=r"model: workdir has .*'filters_1': 8"):
+    workdirs.claim(tiny_config(**{'model.filters_1': 16}), str(tmp_path))
 
 
 def test_unknown_dataset_name_is_named():

@@ -22,12 +22,13 @@ TINY = ['--config=configs/default.py:runlocal', f'--config.dataset.synthetic_pai
         '--config.batch_size=8', '--config.log_every_steps=1']
 
 
-def main_cmd(workdir, *flags):
-  return [sys.executable, str(ROOT / 'main.py'), f'--workdir={workdir}', *TINY, *flags]
+def main_cmd(workdir, *flags, base=TINY):
+  """main.py on `workdir` with the config flags `base` (the tiny run), then `flags`."""
+  return [sys.executable, str(ROOT / 'main.py'), f'--workdir={workdir}', *base, *flags]
 
 
-def run_main(workdir, *flags, env=None, timeout=300):
-  return subprocess.run(main_cmd(workdir, *flags), capture_output=True, text=True, cwd=ROOT,
+def run_main(workdir, *flags, env=None, timeout=300, base=TINY):
+  return subprocess.run(main_cmd(workdir, *flags, base=base), capture_output=True, text=True, cwd=ROOT,
                         env={**os.environ, **(env or {})}, timeout=timeout)
 
 
@@ -61,20 +62,34 @@ def straight(tmp_path_factory):
   return workdir
 
 
+def wait_for(proc: subprocess.Popen, text: str) -> str:
+  """Reads `proc`'s stderr up to the line holding `text`; returns what it read."""
+  seen = ''
+  while text not in seen:
+    line = proc.stderr.readline()
+    assert line, f'the run ended before printing {text!r}:\n{seen[-3000:]}'
+    seen += line
+  return seen
+
+
 @pytest.mark.parametrize('seed', [0, 1, 2])
 def test_kill_9_anywhere_then_resume_is_bitwise_exact(straight, tmp_path, seed):
+  """kill -9 at a seeded step of the run (mid-epoch or at an epoch's end, mid-save), then the
+  same command: the end is bitwise the uninterrupted run's."""
+  total = json.loads((straight / 'results.json').read_text())['history'][-1]['step']
+  chance = random.Random(seed)
+  at = chance.randrange(1, total)
   workdir = tmp_path / 'w'
   proc = subprocess.Popen(main_cmd(workdir, '--config.num_epochs=3'), cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  # Wait for training to start, then kill at a random moment of it (mid-epoch, mid-save).
-  deadline = time.time() + 120
-  while not (workdir / 'config.json').exists() and time.time() < deadline:
-    time.sleep(0.02)
-  time.sleep(random.Random(seed).uniform(2.0, 7.0))
+  wait_for(proc, f' step {at}/{total} ')
+  time.sleep(chance.uniform(0.0, 0.2))
   proc.send_signal(signal.SIGKILL)
   proc.wait()
+  assert proc.returncode == -signal.SIGKILL and not (workdir / 'results.json').exists()  # the kill took
   r = run_main(workdir, '--config.num_epochs=3')
   assert r.returncode == 0, r.stderr[-3000:]
+  assert 'Taking over' in r.stderr and 'from a run that ended without releasing it' in r.stderr
   assert_same_params(workdir, straight)
   a, b = (json.loads((d / 'results.json').read_text()) for d in (workdir, straight))
   assert a['test_accuracy'] == b['test_accuracy'] and a['test_loss'] == b['test_loss']
@@ -85,11 +100,7 @@ def test_sigterm_saves_mid_epoch_and_exits_0(straight, tmp_path):
   workdir = tmp_path / 'w'
   proc = subprocess.Popen(main_cmd(workdir, '--config.num_epochs=3'), cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  seen = ''
-  while 'step 3/' not in seen:  # training has begun
-    line = proc.stderr.readline()
-    assert line, 'the run ended before training'
-    seen += line
+  seen = wait_for(proc, ' step 3/')  # training has begun
   proc.send_signal(signal.SIGTERM)
   _, rest = proc.communicate(timeout=120)
   assert proc.returncode == 0, (seen + rest)[-3000:]
@@ -181,3 +192,80 @@ def test_nan_midway_keeps_the_last_good_checkpoint(tmp_path):
       config, train.make_mesh())))
   mngr.close()
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree['params']))
+
+
+def test_extending_a_finished_run_equals_a_straight_run(straight, tmp_path):
+  """2 epochs, then the same command with 3: bitwise the 3-epoch run; 3 or fewer again: only reported."""
+  workdir = tmp_path / 'w'
+  assert run_main(workdir, '--config.num_epochs=2').returncode == 0
+  r = run_main(workdir, '--config.num_epochs=3')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 'is finished at 2 epochs; extending it to 3' in r.stderr
+  assert_same_params(workdir, straight)
+  a, b = (json.loads((d / 'results.json').read_text()) for d in (workdir, straight))
+  assert a['history'] == b['history'] and a['test_accuracy'] == b['test_accuracy']
+  assert a['best_step'] == b['best_step']
+  for epochs in (3, 1):
+    r = run_main(workdir, f'--config.num_epochs={epochs}')
+    assert r.returncode == 0 and f'3 epochs trained, the config asks for {epochs}, so nothing to train' in r.stderr
+  assert json.loads((workdir / 'results.json').read_text()) == a
+
+
+@pytest.mark.parametrize('flags, error', [
+    (['--config.learning_rate=-0.1'], 'ConfigError: config.learning_rate=-0.1 is invalid'),
+    (['--config.model.filters_1=6', '--mode=evaluate'], 'WorkdirConflictError: '),
+    (['--mode=evaluate', '--step=12345'], 'NoCheckpointError: '),
+], ids=['bad_config', 'conflicting_workdir', 'no_such_checkpoint'])
+def test_expected_errors_print_one_message_and_no_traceback(straight, flags, error):
+  before = sorted(p.name for p in straight.iterdir())
+  r = run_main(straight, *flags, timeout=120)
+  assert r.returncode == 1 and error in r.stderr and 'Traceback' not in r.stderr, r.stderr[-3000:]
+  assert sorted(p.name for p in straight.iterdir()) == before  # nothing written
+
+
+def test_a_wrong_dataset_folder_is_one_message(tmp_path):
+  r = run_main(tmp_path / 'w', '--config.dataset.manual_dir=/no/such/folder', timeout=120)
+  assert r.returncode == 1 and 'Traceback' not in r.stderr
+  assert 'LayoutError: /no/such/folder does not exist. Expected a folder holding comics/' in r.stderr
+
+
+@pytest.mark.parametrize('flags, error', [
+    ([], 'ConfigError: --mode=train needs --config'),
+    (['--mode=evaluate'], 'NoRunError: '),
+])
+def test_errors_without_a_config_or_a_run(tmp_path, flags, error):
+  r = run_main(tmp_path / 'nothing', *flags, base=[], timeout=120)
+  assert r.returncode == 1 and error in r.stderr and 'Traceback' not in r.stderr, r.stderr[-3000:]
+  verbose = run_main(tmp_path / 'nothing', *flags, '--verbose', base=[], timeout=120)
+  assert verbose.returncode != 0 and 'Traceback' in verbose.stderr and error in verbose.stderr
+
+
+def test_a_damaged_build_is_rebuilt_from_its_source(straight, tmp_path):
+  workdir = tmp_path / 'w'
+  shutil.copytree(straight, workdir)
+  (workdir / 'results.json').unlink()
+  shard = next(workdir.rglob('comic_faces-train.array_record-*'))
+  data = bytearray(shard.read_bytes())
+  data[len(data) // 2:len(data) // 2 + 64] = bytes(64)  # a damaged block
+  shard.write_bytes(bytes(data))
+  r = run_main(workdir, '--config.num_epochs=3')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f'The build in {shard.parent} is damaged ({shard.name} changed since it was written' in r.stderr
+  assert list(shard.parent.parent.glob('1.0.0.damaged-*'))  # set aside, not deleted
+  assert_same_params(workdir, straight)
+  assert json.loads((workdir / 'results.json').read_text())['test_accuracy'] == json.loads(
+      (straight / 'results.json').read_text())['test_accuracy']
+
+
+def test_two_runs_on_one_workdir_exactly_one_trains(tmp_path):
+  workdir = tmp_path / 'w'
+  first = subprocess.Popen(main_cmd(workdir, '--config.num_epochs=50', '--config.log_every_steps=100'),
+                           cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  seen = wait_for(first, ' step 100/')  # the first run is training (in its epoch 20 of 50)
+  second = run_main(workdir, '--config.num_epochs=50', timeout=120)
+  assert first.poll() is None and not (workdir / 'results.json').exists()  # the first still held it
+  assert second.returncode == 1 and 'Traceback' not in second.stderr and ' step ' not in second.stderr
+  assert f'WorkdirBusyError: {workdir} is in use by another run: pid {first.pid} on ' in second.stderr
+  first.send_signal(signal.SIGTERM)  # the first saves and stops
+  _, rest = first.communicate(timeout=300)
+  assert first.returncode == 0 and 'SIGTERM received' in rest, (seen + rest)[-3000:]

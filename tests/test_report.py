@@ -14,5 +14,5 @@ def test_wilson_interval():
 
 
 def test_confusion_counts_true_by_predicted():
-  m = report.confusion(np.array([0, 0, 1, 1, 1]), np.array([0.1, 0.7, 0.9, 0.2, 0.5]))
-  assert m.tolist() == [[1, 1], [1, 2]]
+  m = report.confusion(np.array([0, 0, 1, 1, 1, 2]), np.array([0, 1, 1, 0, 1, 1]), 3)
+  assert m.tolist() == [[1, 1, 0], [1, 2, 0], [0, 1, 0]]

@@ -1,5 +1,4 @@
 """The whole training loop for real, on generated data: train, resume, evaluate, predict."""
-import io
 import json
 import os
 import pathlib
@@ -10,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from comicface import inference, logs, synthetic, train
+from comicface import imaging, inference, logs, synthetic, train
+from comicface import workdir as workdirs
 from configs import mlp
 from conftest import REAL_SAMPLE, ROOT, TINY_PAIRS, tiny_config
 from tfds_builder.comic_faces import comic_faces_dataset_builder as cfb
@@ -62,11 +62,14 @@ def test_rerun_on_finished_workdir_only_reports(trained):
 
 def test_evaluate_reproduces_test_accuracy(trained):
   config, workdir, results = trained
-  evaluation = inference.evaluate(config, workdir)
-  assert evaluation['test_accuracy'] == results['test_accuracy']
-  assert evaluation['test_loss'] == pytest.approx(results['test_loss'], rel=1e-6)
-  assert evaluation['num_test_examples'] == results['num_test_examples']
-  assert json.loads((pathlib.Path(workdir) / 'evaluation.json').read_text())['step'] == results['best_step']
+  evaluation = inference.load(workdir, config).evaluate()
+  assert evaluation['accuracy'] == results['test_accuracy']
+  assert evaluation['loss'] == pytest.approx(results['test_loss'], rel=1e-6)
+  assert evaluation['num_examples'] == results['num_test_examples']
+  saved = json.loads((pathlib.Path(workdir) / 'evaluations' / 'own-test.json').read_text())
+  assert saved['step'] == results['best_step'] and saved['accuracy'] == results['test_accuracy']
+  assert sum(map(sum, saved['confusion'])) == results['num_test_examples']
+  assert saved['errors'] == round((1 - results['test_accuracy']) * results['num_test_examples'])
 
 
 def test_evaluate_other_step_and_split(trained):
@@ -74,37 +77,38 @@ def test_evaluate_other_step_and_split(trained):
   first = results['history'][0]['step']
   if first not in [int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints').iterdir() if p.name.isdigit()]:
     first = results['history'][-1]['step']
-  out = inference.evaluate(config, workdir, split='validation', step=first)
+  out = inference.load(workdir, step=first).evaluate(split='validation')
   record = next(h for h in results['history'] if h['step'] == first)
-  assert out['test_accuracy'] == pytest.approx(record['val_accuracy'])
+  assert out['accuracy'] == pytest.approx(record['val_accuracy'])
+  suffix = '' if first == results['best_step'] else f'-step{first}'  # the tested checkpoint is the default
+  assert (pathlib.Path(workdir) / 'evaluations' / f'own-validation{suffix}.json').exists()
   with pytest.raises(inference.NoCheckpointError, match='no checkpoint at step 12345'):
-    inference.evaluate(config, workdir, step=12345)
+    inference.load(workdir, step=12345)
 
 
 def test_predict_labels_images_and_reports_unreadable(trained, tmp_path):
-  config, workdir, _ = trained
+  _, workdir, _ = trained
   for i in range(4):
     face, comic = synthetic.render_pair(seed=99, index=i, size=200)
     (tmp_path / f'face{i}.jpg').write_bytes(face)
     (tmp_path / f'comic{i}.jpg').write_bytes(comic)
   (tmp_path / 'broken.jpg').write_bytes(b'not a jpeg')
-  out = io.StringIO()
-  errors = inference.predict(config, workdir, [str(tmp_path / '*.jpg'), str(tmp_path / 'missing.png')], out)
-  lines = dict(line.split('\t', 1) for line in out.getvalue().splitlines())
-  assert errors == 2 and len(lines) == 10
-  assert lines[str(tmp_path / 'broken.jpg')].startswith('error\t')
-  assert lines[str(tmp_path / 'missing.png')].startswith('error\t')
-  right = sum(lines[str(tmp_path / f'{kind}{i}.jpg')].split('\t')[0] == kind
+  model = inference.load(workdir)
+  paths = inference.expand_patterns([str(tmp_path / '*.jpg'), str(tmp_path / 'missing.png')])
+  out = {path: (probs, why) for path, probs, why in model.predict_files(paths)}
+  assert len(out) == 10 and sum(probs is None for probs, _ in out.values()) == 2
+  assert out[str(tmp_path / 'broken.jpg')][1] and out[str(tmp_path / 'missing.png')][1]
+  face = model.classes.index('face')
+  right = sum((out[str(tmp_path / f'{kind}{i}.jpg')][0][face] >= 0.5) == (kind == 'face')
               for kind in ('face', 'comic') for i in range(4))
   assert right >= 7
-  for kind in ('face', 'comic'):
-    label, p = lines[str(tmp_path / f'{kind}0.jpg')].split('\t')
-    assert (float(p) >= 0.5) == (label == 'face')
+  with pytest.raises(imaging.ImageError, match='broken.jpg: cannot decode'):
+    model.predict([str(tmp_path / 'face0.jpg'), str(tmp_path / 'broken.jpg')])
 
 
 def test_evaluate_without_checkpoint_fails(tmp_path):
-  with pytest.raises(inference.NoCheckpointError, match='holds no checkpoint'):
-    inference.evaluate(tiny_config(), str(tmp_path))
+  with pytest.raises(workdirs.NoRunError, match='holds no run'):
+    inference.load(str(tmp_path))
 
 
 def test_resume_after_stop_continues_from_saved_step(tmp_path):
@@ -264,6 +268,6 @@ def test_main_trains_with_overrides_then_evaluates(tmp_path):
   assert 'img/s ETA' in r.stderr  # the progress line
   r = _main(*common, '--config.model.filters_1=6', '--config.num_epochs=1', '--mode=evaluate')
   assert r.returncode == 0, r.stderr[-3000:]
-  assert json.loads((workdir / 'evaluation.json').read_text())['test_accuracy'] == results['test_accuracy']
+  assert json.loads((workdir / 'evaluations' / 'own-test.json').read_text())['accuracy'] == results['test_accuracy']
   r = _main(*common, '--mode=predict', '--images=x.jpg')  # filters_1 differs: another run
   assert r.returncode != 0 and 'model: workdir has' in r.stderr

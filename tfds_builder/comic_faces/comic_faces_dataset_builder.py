@@ -14,6 +14,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from comicface import errors
 from comicface import imaging
 
 CLASS_NAMES = ('comic', 'face')  # face = 1: "is it a real face?"
@@ -30,11 +31,11 @@ _MAX_DEPTH = 4
 AnyPath = Union[pathlib.Path, zipfile.Path]
 
 
-class LayoutError(FileNotFoundError):
+class LayoutError(errors.UserError, FileNotFoundError):
   """The manual dir does not hold the dataset's folders."""
 
 
-class TooManyBadImagesError(RuntimeError):
+class TooManyBadImagesError(errors.UserError, RuntimeError):
   """More than the allowed share of images could not be decoded."""
 
 
@@ -210,6 +211,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     by_split = collections.defaultdict(list)
     for item in items:
       by_split[split_of(item.pair_id)].append(item)
+    empty = [name for name, _ in SPLIT_SHARES if not by_split[name]]
+    if empty:
+      raise LayoutError(f'{root} holds {len(pairs)} pairs, too few: no pair fell in split(s) {empty}. '
+                        'Give it at least 25 pairs.')
     # One pool decodes every split, all cores busy, also while TFDS writes the
     # previous split; each split reads its results in input order (deterministic).
     c = self.builder_config

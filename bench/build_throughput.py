@@ -19,7 +19,7 @@ import cv2
 import tensorflow_datasets as tfds
 
 from comicface import imaging, synthetic
-from tfds_builder.comic_faces import comic_faces_dataset_builder as cfb
+from tfds_builder.comic_faces import comic_faces_dataset_builder as comic_faces
 
 
 def study_loop(files: list[pathlib.Path], size: int) -> float:
@@ -39,7 +39,7 @@ def decode_rate(files: list[pathlib.Path], size: int, mode: str) -> float:
 def builder_rate(manual_dir: pathlib.Path, config: str, n: int) -> float:
   with tempfile.TemporaryDirectory() as data_dir:
     start = time.perf_counter()
-    cfb.Builder(config=config, data_dir=data_dir).download_and_prepare(
+    comic_faces.Builder(config=config, data_dir=data_dir).download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)),
         file_format='array_record')
     return n / (time.perf_counter() - start)
@@ -58,7 +58,7 @@ def main() -> None:
     print(f'generating {a.pairs} pairs of {a.size}px JPEGs in {source} ...')
     synthetic.write_dataset(source, a.pairs, a.size)
   files = sorted(source.rglob('*.jpg'))
-  config = cfb.Builder.builder_configs[a.config]
+  config = comic_faces.Builder.builder_configs[a.config]
   print(f'{len(files)} files, {os.cpu_count()} cores, config {a.config}')
   ours, theirs, floor = [], [], []
   for _ in range(a.repeats):  # alternate, so all see the same machine state

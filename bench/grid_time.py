@@ -15,7 +15,7 @@ import time
 from comicface import host  # XLA flags for CPUs, before JAX starts
 import jax
 
-from comicface import grid, input_pipeline, synthetic
+from comicface import input_pipeline, search, search_space, synthetic
 from configs import cnn_grid
 
 
@@ -33,17 +33,17 @@ def main() -> None:
   config.dataset.data_dir = str(root / 'tfds')
   config.num_epochs = a.epochs
   config.log_every_steps = 10_000
-  trials, epochs = grid.expand(config)
+  trials, epochs = search_space.expand(config)
   builder = input_pipeline.prepare(config, str(root))
+  task = input_pipeline.Task.of(builder)
   n = builder.info.splits['train'].num_examples
   if not a.json:
     print(f'{len(trials)} trials x {a.epochs} epoch(s) on {n} train images, '
           f'{jax.device_count()} x {jax.devices()[0].device_kind}', flush=True)
-  modes = [grid.resolve_mode(config)] if a.json else a.modes.split(',')
+  modes = [search.resolve_mode(config)] if a.json else a.modes.split(',')
   for mode in modes:
     start = time.perf_counter()
-    for group in grid.groups(trials, mode):
-      grid.run_group(group, root / mode, mode, epochs)
+    search.train_trials(trials, root / mode, mode, epochs, search.SharedSteps(), task)
     secs = time.perf_counter() - start
     if a.json:
       print(json.dumps({'mode': mode, 'trials': len(trials), 'images': n, 'seconds': secs}))

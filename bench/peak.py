@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.train_throughput import config_for, random_block, rate
-from comicface import train
+from bench.train_throughput import config_for, random_block, rate, setup
 
 
 def dot_gflops(n: int, dtype) -> float:
@@ -53,15 +52,13 @@ def main() -> None:
   for dtype in ('float32', 'bfloat16'):
     peak = dot_gflops(a.n, jnp.dtype(dtype))
     config = config_for('cnn', a.batch, dtype, 'adam')
-    mesh = train.make_mesh()
-    steps = train.Steps(mesh)
-    state = train.create_train_state(config, mesh)
+    steps, state, hparams = setup(config)
     batch = random_block(steps, config)  # one step per call (the CNN config's steps_per_call)
-    flops = steps.train.lower(state, batch).compile().cost_analysis()['flops']
+    flops = steps.train.lower(state, hparams, batch).compile().cost_analysis()['flops']
     holder = [state]
 
     def once():
-      holder[0], m = steps.train(holder[0], batch)
+      holder[0], m = steps.train(holder[0], hparams, batch)
       return m
     img_s = rate(once, a.steps, a.batch)
     achieved = flops * img_s / a.batch / 1e9

@@ -15,7 +15,8 @@ from comicface import host  # XLA flags for CPUs, before JAX starts
 import jax
 import numpy as np
 
-from comicface import train
+from comicface import input_pipeline
+from comicface import steps as steps_lib
 from configs import default, mlp
 
 
@@ -28,34 +29,48 @@ def rate(fn, n_steps: int, batch: int) -> float:
   return n_steps * batch / (time.perf_counter() - start)
 
 
-def random_block(steps: train.Steps, config) -> dict[str, jax.Array]:
-  """`config.steps_per_call` random batches, on the devices: what one train call takes."""
+def task_of(config) -> input_pipeline.Task:
+  """The task of `config`'s dataset, without building it."""
+  c = input_pipeline.builder_config(config.dataset.name)
+  return input_pipeline.Task(('comic', 'face'), (c.size, c.size, 1 if c.mode == 'L' else 3))
+
+
+def setup(config) -> tuple[steps_lib.Steps, steps_lib.State, steps_lib.HParams]:
+  """The steps, a fresh state and the values of `config`, on all devices."""
+  task = task_of(config)
+  steps = steps_lib.Steps(steps_lib.static_config(config), len(task.classes), task.image_shape,
+                          steps_lib.make_mesh())
+  return (steps, steps.init(jax.random.PRNGKey(config.seed)),
+          steps.put_hparams([steps_lib.hyperparameters(config)]))
+
+
+def random_block(steps: steps_lib.Steps, config) -> dict[str, jax.Array]:
+  """`config.speed.steps_per_call` random batches, on the devices: what one train call takes."""
   rng = np.random.default_rng(0)
-  k, b = config.steps_per_call, config.batch_size
-  return steps.device_put({'image': rng.integers(0, 256, (k, b, *train.image_shape(config)), dtype=np.uint8),
+  k, b = config.speed.steps_per_call, config.batch_size
+  return steps.device_put({'image': rng.integers(0, 256, (k, b, *task_of(config).image_shape), dtype=np.uint8),
                            'label': rng.integers(0, 2, (k, b)).astype(np.int32)}, block=True)
 
 
 def measure(config, n_steps: int, predict_batch: int = 256) -> dict[str, float]:
   """Train and predict images/s of `config`'s model (`n_steps` steps, rounded up to whole calls)."""
-  mesh = train.make_mesh()
-  steps = train.Steps(mesh, predict_chunk=config.predict_chunk)
-  holder = [train.create_train_state(config, mesh)]
+  steps, state, hparams = setup(config)
+  holder = [state]
   block = random_block(steps, config)
   rng = np.random.default_rng(1)
   images = steps.device_put(
-      {'x': rng.integers(0, 256, (predict_batch, *train.image_shape(config)), dtype=np.uint8)})['x']
+      {'x': rng.integers(0, 256, (predict_batch, *task_of(config).image_shape), dtype=np.uint8)})['x']
 
   def train_once():
-    holder[0], m = steps.train(holder[0], block)
+    holder[0], m = steps.train(holder[0], hparams, block)
     return m
-  k = config.steps_per_call
+  k = config.speed.steps_per_call
   return {'train_img_s': rate(train_once, -(-n_steps // k), k * config.batch_size),
           'predict_img_s': rate(lambda: steps.predict(holder[0], images), max(3, n_steps // 4), predict_batch)}
 
 
 def config_for(model: str, batch: int, dtype: str, optimizer: str):
-  """The model's shipped config (with its steps_per_call), at this batch, dtype and optimizer."""
+  """The model's shipped config (with its speed settings), at this batch, dtype and optimizer."""
   config = default.get_config() if model == 'cnn' else mlp.get_config()
   config.batch_size, config.dtype, config.optimizer = batch, dtype, optimizer
   return config

@@ -63,15 +63,15 @@ def _run(config, workdir, mode, *, split, step, images, data, data_dir) -> int:
                jax.local_devices())
   host.warn_if_accelerator_unused()
   if config is None and mode == 'train':
-    raise configuration.ConfigError('--mode=train needs --config=configs/NAME.py.')
+    raise errors.ConfigError('--mode=train needs --config=configs/NAME.py.')
   if config is not None:
     configuration.validate(config)
   if mode == 'predict' and not images:
-    raise configuration.ConfigError("--mode=predict needs --images='GLOB' (comma-separated for several).")
+    raise errors.ConfigError("--mode=predict needs --images='GLOB' (comma-separated for several).")
   # Imported here so a bad config or flag fails before the heavier imports.
-  from comicface import grid, inference, train  # pylint: disable=g-import-not-at-top
+  from comicface import inference, search, train  # pylint: disable=g-import-not-at-top
   if mode == 'train':  # each returns None if preempted: exit 0, and a rerun resumes
-    (grid.run if config.grid else train.train_and_evaluate)(config, workdir)
+    (search.run if config.grid else train.train_and_evaluate)(config, workdir)
     return 0
   model = inference.load(workdir, config, step)
   if mode == 'evaluate':

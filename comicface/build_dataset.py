@@ -20,7 +20,7 @@ from absl import logging
 import tensorflow_datasets as tfds
 
 from comicface import errors
-from tfds_builder.comic_faces import comic_faces_dataset_builder as builder_module
+from tfds_builder.comic_faces import comic_faces_dataset_builder as comic_faces
 
 MANIFEST = 'manifest.json'
 
@@ -37,7 +37,7 @@ def default_data_dir() -> pathlib.Path:
 def build_dir(config: str, data_dir: str | None) -> pathlib.Path:
   """Where `comic_faces/<config>` is (or would be) built."""
   root = pathlib.Path(data_dir).expanduser() if data_dir else default_data_dir()
-  return root / 'comic_faces' / config / str(builder_module.Builder.VERSION)
+  return root / 'comic_faces' / config / str(comic_faces.Builder.VERSION)
 
 
 def _files(folder: pathlib.Path) -> dict[str, dict]:
@@ -97,14 +97,14 @@ def build(manual_dir: str, config: str, data_dir: str | None = None,
   folder = build_dir(config, data_dir)
   why = damage(folder)
   if why:
-    source = builder_module.find_root(os.path.expanduser(manual_dir))
-    if recorded_fingerprint(folder) not in (None, builder_module.fingerprint(builder_module.list_items(source))):
+    source = comic_faces.find_root(os.path.expanduser(manual_dir))
+    if recorded_fingerprint(folder) not in (None, comic_faces.fingerprint(comic_faces.list_items(source))):
       raise CorruptBuildError(
           f'The build in {folder} is damaged ({why}), and {manual_dir} holds other source files, '
           'so it cannot be rebuilt from there. Delete that folder and rerun with the source files '
           'it was built from (or another data dir).')
     set_aside(folder, why)
-  builder = builder_module.Builder(config=config, data_dir=data_dir, max_bad_fraction=max_bad_fraction)
+  builder = comic_faces.Builder(config=config, data_dir=data_dir, max_bad_fraction=max_bad_fraction)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual_dir)),
       file_format='array_record')
@@ -127,8 +127,8 @@ def read_error(folder: str, error: Exception) -> CorruptBuildError:
 def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--manual_dir', required=True, help='the Kaggle zip, or a folder holding it or its files')
-  p.add_argument('--configs', default=','.join(builder_module.Builder.builder_configs),
-                 help=f'comma-separated, of {sorted(builder_module.Builder.builder_configs)}')
+  p.add_argument('--configs', default=','.join(comic_faces.Builder.builder_configs),
+                 help=f'comma-separated, of {sorted(comic_faces.Builder.builder_configs)}')
   p.add_argument('--data_dir', default=None, help='default: ~/tensorflow_datasets')
   p.add_argument('--max_bad_fraction', type=float, default=None,
                  help='share of unreadable images per split above which the build fails (0.05)')

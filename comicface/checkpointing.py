@@ -35,26 +35,26 @@ def manager(workdir: str, keep_latest: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints', options=options)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
          metrics: dict[str, float] | None = None) -> None:
   """Starts an asynchronous save; a failure (of this or the previous save) raises CheckpointError."""
-  with _explained(mngr, step):
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+  with _explained(manager, step):
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                             meta=ocp.args.JsonSave(meta)),
               metrics=metrics, force=True)
 
 
-def wait(mngr: ocp.CheckpointManager) -> None:
+def wait(manager: ocp.CheckpointManager) -> None:
   """Waits for pending saves; a failure raises CheckpointError."""
-  with _explained(mngr, None):
-    mngr.wait_until_finished()
+  with _explained(manager, None):
+    manager.wait_until_finished()
 
 
 class _explained:
   """Turns a failed write into an error that says what was lost and what was kept."""
 
-  def __init__(self, mngr: ocp.CheckpointManager, step: int | None):
-    self.mngr, self.step = mngr, step
+  def __init__(self, manager: ocp.CheckpointManager, step: int | None):
+    self.manager, self.step = manager, step
 
   def __enter__(self):
     return self
@@ -63,33 +63,33 @@ class _explained:
     if error is None or not isinstance(error, (OSError, ValueError, RuntimeError)) or isinstance(
         error, CheckpointError):
       return False
-    kept = sorted(s for s in self.mngr.all_steps(read=True))
+    kept = sorted(s for s in self.manager.all_steps(read=True))
     raise CheckpointError(
         f'Writing a checkpoint{"" if self.step is None else f" at step {self.step}"} in '
-        f'{self.mngr.directory} failed: {error}. The checkpoints already there are intact '
+        f'{self.manager.directory} failed: {error}. The checkpoints already there are intact '
         f'(steps {kept}); free space (or fix permissions) and rerun to resume.') from error
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, dict]:
+def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, dict]:
   """Restores `step` into the shape, dtype and sharding of `target` (arrays or abstract)."""
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
-  out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                    meta=ocp.args.JsonRestore()))
   return out['state'], out['meta']
 
 
-def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, dict] | None:
+def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[Any, dict] | None:
   """The newest checkpoint that reads back; unreadable ones are moved aside to
   `checkpoints/corrupt-N` with a warning. None if there is none."""
-  for step in sorted(mngr.all_steps(), reverse=True):
+  for step in sorted(manager.all_steps(), reverse=True):
     try:
-      return restore(mngr, step, target)
+      return restore(manager, step, target)
     except Exception as e:  # pylint: disable=broad-except  (tensorstore raises many kinds)
-      path = pathlib.Path(mngr.directory) / str(step)
+      path = pathlib.Path(manager.directory) / str(step)
       logging.warning('Checkpoint %s cannot be read (%s: %s); moving it aside to corrupt-%d '
                       'and using the previous one.', path, type(e).__name__, str(e)[:300], step)
       if jax.process_index() == 0:
         path.rename(path.with_name(f'corrupt-{step}'))
-      mngr.reload()
+      manager.reload()
   return None

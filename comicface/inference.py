@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -26,9 +27,10 @@ from comicface import errors
 from comicface import imaging
 from comicface import input_pipeline
 from comicface import report
+from comicface import steps as steps_lib
 from comicface import train
 from comicface import workdir as workdirs
-from tfds_builder.comic_faces import comic_faces_dataset_builder as builder_module
+from tfds_builder.comic_faces import comic_faces_dataset_builder as comic_faces
 
 ALL = 'all'  # --split=all: every example of the data
 
@@ -60,8 +62,10 @@ def load(workdir: str, config: ml_collections.ConfigDict | None = None, step: in
   if config is not None:
     workdirs.check(config, workdir)
   folder, run_config, trial = trained_run(workdir)
-  mesh = train.make_mesh()
-  state = train.create_train_state(run_config, mesh)
+  task = train.read_task(folder)
+  steps = steps_lib.Steps(steps_lib.static_config(run_config), len(task.classes), task.image_shape,
+                          steps_lib.make_mesh())
+  state = steps.init(jax.random.PRNGKey(run_config.seed))
   manager = checkpointing.manager(folder, run_config.keep_checkpoints)
   try:
     available = manager.all_steps()
@@ -72,13 +76,12 @@ def load(workdir: str, config: ml_collections.ConfigDict | None = None, step: in
     chosen = tested if step is None else step
     if chosen not in available:
       raise NoCheckpointError(f'{folder} has no checkpoint at step {chosen}; it has {sorted(available)}.')
-    state = train.restore(manager, chosen, state)
+    state, _ = checkpointing.restore(manager, chosen, state)
   finally:
     manager.close()
-  steps = train.steps_for(mesh, predict_chunk=run_config.predict_chunk)
   if trial:
     logging.info('%s: the search winner %s, retrained (checkpoint step %d).', workdir, trial, chosen)
-  return Model(workdir, folder, run_config, steps, state, chosen, chosen == tested, trial)
+  return Model(workdir, folder, run_config, task, steps, state, chosen, chosen == tested, trial)
 
 
 @dataclasses.dataclass
@@ -87,15 +90,16 @@ class Model:
   workdir: str
   folder: str  # where its checkpoints are (the workdir, or a search's final/)
   config: ml_collections.ConfigDict
-  steps: train.Steps
-  state: train.TrainState
+  task: input_pipeline.Task
+  steps: steps_lib.Steps
+  state: steps_lib.State
   step: int
   tested_step: bool  # whether `step` is the checkpoint that training tested
   trial: str | None = None  # the search's winning trial
 
   @property
   def classes(self) -> tuple[str, ...]:
-    return builder_module.CLASS_NAMES
+    return self.task.classes
 
   def _probabilities(self, pixels: list[np.ndarray]) -> np.ndarray:
     """(n, classes) probabilities of decoded images, in batches of a fixed shape (one compile)."""
@@ -104,14 +108,13 @@ class Model:
     for start in range(0, len(pixels), batch):
       chunk = pixels[start:start + batch]
       x = np.stack(chunk + [chunk[0]] * (batch - len(chunk)))
-      p_face = np.asarray(jax.device_get(self.steps.predict(self.state, jax.device_put(x, self.steps.data))))
-      out.append(np.stack([1 - p_face, p_face], axis=-1)[:len(chunk)])
+      probs = self.steps.predict(self.state, jax.device_put(x, self.steps.data))
+      out.append(np.asarray(multihost_utils.process_allgather(probs, tiled=True))[:len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
   def _decode(self, image: imaging.Source) -> np.ndarray:
-    c = input_pipeline.builder_config(self.config.dataset.name)
     try:
-      return imaging.load_image(image, c.size, c.mode)
+      return imaging.load_image(image, self.task.image_shape[0], self.task.image_mode)
     except imaging.ImageError as e:
       raise imaging.ImageError(f'{_describe(image)}: {e}') from e
 
@@ -144,8 +147,8 @@ class Model:
     `evaluations/<data>-<split>.json` in the workdir, and changes nothing else there."""
     config, name = ml_collections.ConfigDict(self.config.to_dict()), 'own'
     if data:
-      source = builder_module.find_root(pathlib.Path(data).expanduser())
-      fingerprint = builder_module.fingerprint(builder_module.list_items(source))
+      source = comic_faces.find_root(pathlib.Path(data).expanduser())
+      fingerprint = comic_faces.fingerprint(comic_faces.list_items(source))
       name = f'{re.sub(r"[^A-Za-z0-9_.]+", "_", pathlib.Path(data).expanduser().name)}-{fingerprint[:8]}'
       config.dataset.manual_dir = str(pathlib.Path(data).expanduser().absolute())
       config.dataset.data_dir = data_dir or str(build_dataset.default_data_dir() / 'comicface_eval' / name)
@@ -153,9 +156,7 @@ class Model:
     splits = ['train', 'validation', 'test'] if split == ALL else split
     examples = input_pipeline.open_split(builder, splits, config.batch_size, config.dataset.split_scheme)
     (metrics,), probs = train.evaluate_split(self.steps, self.state, examples, 'eval')
-    labels = examples.labels()
-    predicted = (probs >= 0.5).astype(int)
-    matrix = report.confusion(labels, predicted, len(self.classes))
+    matrix = report.confusion(examples.labels(), probs.argmax(-1), len(self.classes))
     n, wrong = int(matrix.sum()), int(matrix.sum() - np.trace(matrix))
     results = {'data': data or 'own', 'data_dir': str(builder.data_dir), 'split': split, 'step': self.step,
                'trial': self.trial, 'num_examples': n, 'accuracy': metrics['eval_accuracy'],

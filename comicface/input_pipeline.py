@@ -22,10 +22,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from comicface import build_dataset
-from comicface import configuration
 from comicface import errors
 from comicface import synthetic
-from tfds_builder.comic_faces import comic_faces_dataset_builder as cfb
+from comicface import splits
+from tfds_builder.comic_faces import comic_faces_dataset_builder as comic_faces
 
 Batch = dict[str, np.ndarray]
 
@@ -34,12 +34,12 @@ class SourceMismatchError(errors.UserError, RuntimeError):
   """A built dataset exists, but from another source than the config names."""
 
 
-def builder_config(dataset_name: str) -> cfb.ComicFacesConfig:
+def builder_config(dataset_name: str) -> comic_faces.ComicFacesConfig:
   """The `ComicFacesConfig` named by 'comic_faces/<config>'."""
   name, _, config = dataset_name.partition('/')
-  configs = cfb.Builder.builder_configs
+  configs = comic_faces.Builder.builder_configs
   if name != 'comic_faces' or config not in configs:
-    raise configuration.ConfigError(f'config.dataset.name={dataset_name!r} is not one of '
+    raise errors.ConfigError(f'config.dataset.name={dataset_name!r} is not one of '
                      f'{["comic_faces/" + c for c in configs]}')
   return configs[config]
 
@@ -79,7 +79,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tfds.core.Datase
 
 
 def _build(ds, manual_dir: pathlib.Path, data_dir: str | None) -> tfds.core.DatasetBuilder:
-  current = cfb.fingerprint(cfb.list_items(cfb.find_root(manual_dir)))
+  current = comic_faces.fingerprint(comic_faces.list_items(comic_faces.find_root(manual_dir)))
   builder = build_dataset.build(str(manual_dir), builder_config(ds.name).name, data_dir,
                                 ds.max_bad_fraction)  # a no-op when built before
   if builder.info.metadata.get('fingerprint') != current:
@@ -92,6 +92,23 @@ def _build(ds, manual_dir: pathlib.Path, data_dir: str | None) -> tfds.core.Data
     logging.warning('%d unreadable source images were skipped at build time: %s',
                     len(bad), sorted(bad)[:10])
   return builder
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What the data asks of a model: its class names (label i is classes[i]) and image shape."""
+  classes: tuple[str, ...]
+  image_shape: tuple[int, int, int]
+
+  @classmethod
+  def of(cls, builder: tfds.core.DatasetBuilder) -> Task:
+    features = builder.info.features
+    return cls(tuple(features['label'].names), tuple(features['image'].shape))
+
+  @property
+  def image_mode(self) -> str:
+    """The colour mode of `imaging.load_image` that gives this shape."""
+    return 'L' if self.image_shape[-1] == 1 else 'RGB'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,40 +151,6 @@ class Split:
             'label': np.asarray([r['label'] for r in records], np.int32)}
 
 
-SCHEMES = ('pairs', 'cnn_study', 'mlp_study')
-
-
-def scheme_splits(labels: np.ndarray, index_in_class: np.ndarray, scheme: str,
-                  seed: int = 0) -> dict[str, np.ndarray]:
-  """Positions of each split under a study's own protocol, from each example's
-  class and its position in its class folder sorted by file name.
-
-  cnn_study: the first 40% of each class (4,000 of 10,000), shuffled, 80/20
-  train/test, then 10% of train for validation (5,760 / 640 / 1,600).
-  mlp_study: per class the first 50% train, the next 20% validation, the last
-  30% test (5,000 / 2,000 / 3,000 of each class of 10,000).
-  Neither keeps a face and its comic together, as the studies did not.
-  """
-  out = {'train': [], 'validation': [], 'test': []}
-  if scheme == 'mlp_study':
-    for c in (0, 1):
-      members = np.flatnonzero(labels == c)
-      members = members[np.argsort(index_in_class[members], kind='stable')]
-      a, b = len(members) * 5 // 10, len(members) * 7 // 10
-      for name, part in zip(out, (members[:a], members[a:b], members[b:])):
-        out[name].append(part)
-    return {k: np.concatenate(v) for k, v in out.items()}
-  if scheme == 'cnn_study':
-    chosen = np.concatenate([
-        m[np.argsort(index_in_class[m], kind='stable')][: len(m) * 4 // 10]
-        for m in (np.flatnonzero(labels == c) for c in (0, 1))])
-    chosen = np.random.default_rng(seed).permutation(chosen)
-    n_train = len(chosen) * 8 // 10
-    n_val = n_train // 10
-    return {'train': chosen[n_val:n_train], 'validation': chosen[:n_val], 'test': chosen[n_train:]}
-  raise ValueError(f'split scheme {scheme!r} is not one of {SCHEMES}')
-
-
 @functools.lru_cache(maxsize=4)
 def _scheme_source(builder: tfds.core.DatasetBuilder, scheme: str, seed: int):
   source = builder.as_data_source('train+validation+test')
@@ -175,7 +158,7 @@ def _scheme_source(builder: tfds.core.DatasetBuilder, scheme: str, seed: int):
   meta = [whole.records(range(i, min(i + 1024, len(source)))) for i in range(0, len(source), 1024)]
   labels = np.asarray([r['label'] for chunk in meta for r in chunk])
   index = np.asarray([r['index_in_class'] for chunk in meta for r in chunk])
-  return source, scheme_splits(labels, index, scheme, seed)
+  return source, splits.COMPUTED[scheme](labels, index, seed)
 
 
 def open_split(builder: tfds.core.DatasetBuilder, split: str | Sequence[str], global_batch: int,

@@ -10,9 +10,6 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-CLASSES = ('comic', 'face')
-
-
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
   """95% Wilson score interval of a proportion k/n (sensible at 0 or n errors)."""
   if n == 0:
@@ -44,12 +41,13 @@ def _curves(history: Sequence[dict], path: pathlib.Path) -> None:
   plt.close(fig)
 
 
-def _confusion_png(m: np.ndarray, path: pathlib.Path) -> None:
-  fig, ax = plt.subplots(figsize=(3.6, 3.2))
+def _confusion_png(m: np.ndarray, classes: Sequence[str], path: pathlib.Path) -> None:
+  k = len(classes)
+  fig, ax = plt.subplots(figsize=(2.4 + 0.6 * k, 2.0 + 0.6 * k))
   ax.imshow(m, cmap='Blues')
   for (i, j), v in np.ndenumerate(m):
     ax.text(j, i, str(v), ha='center', va='center', color='black', fontsize=14)
-  ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASSES, yticklabels=CLASSES,
+  ax.set(xticks=range(k), yticks=range(k), xticklabels=classes, yticklabels=classes,
          xlabel='predicted', ylabel='true', title='test confusion')
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -100,24 +98,25 @@ def _table(rows: Sequence[dict], columns: Sequence[str]) -> str:
   return '\n'.join(lines + ['| ' + ' | '.join(fmt(r[c]) for c in columns) + ' |' for r in rows])
 
 
-def write(workdir: str, results: dict[str, Any], split: Any, probs: np.ndarray,
+def write(workdir: str, results: dict[str, Any], split: Any, probs: np.ndarray, classes: Sequence[str],
           trials: Sequence[dict] = (), axes_names: Sequence[str] = ()) -> None:
   """Writes report.md, curves.png, confusion.png, misclassified.png (and grid.png for a grid).
 
-  `split` is the test split (an input_pipeline.Split) and `probs` P(face) per
-  example in its order; `trials` the grid's table, one dict per trial.
+  `split` is the test split (an input_pipeline.Split), `probs` its [example, class]
+  probabilities in its order, `classes` the class names; `trials` the grid's table,
+  one dict per trial.
   """
   out = pathlib.Path(workdir)
-  labels = split.labels()
-  m = confusion(labels, (probs >= 0.5).astype(int), len(CLASSES))
-  n, errors = int(m.sum()), int(m[0, 1] + m[1, 0])
+  labels, predicted = split.labels(), probs.argmax(-1)
+  m = confusion(labels, predicted, len(classes))
+  n, errors = int(m.sum()), int(m.sum() - np.trace(m))
   lo, hi = wilson_interval(n - errors, n)
-  wrong = [i for i in np.flatnonzero((probs >= 0.5) != labels)][:32]
+  wrong = [i for i in np.flatnonzero(predicted != labels)][:32]
   records = [split.record(i) for i in wrong]
   _misclassified_png([r['image'] for r in records],
-                     [f'{r["filename"].decode()}\nP(face)={probs[i]:.3f}' for r, i in zip(records, wrong)],
-                     out / 'misclassified.png')
-  _confusion_png(m, out / 'confusion.png')
+                     [f'{r["filename"].decode()}\nP({classes[predicted[i]]})={probs[i, predicted[i]]:.3f}'
+                      for r, i in zip(records, wrong)], out / 'misclassified.png')
+  _confusion_png(m, classes, out / 'confusion.png')
   _curves(results['history'], out / 'curves.png')
   lines = [f'# Report: {out.name}', '',
            f'**Test accuracy: {results["test_accuracy"]:.2%}** (95% CI {lo:.2%} to {hi:.2%}, Wilson), '
@@ -134,7 +133,7 @@ def write(workdir: str, results: dict[str, Any], split: Any, probs: np.ndarray,
               '![grid](grid.png)', '']
   lines += ['## Curves', '', _table(results['history'], list(results['history'][0])), '',
             '![curves](curves.png)', '', '## Test confusion (rows: true, columns: predicted)', '',
-            _table([{'': CLASSES[i], **{c: int(m[i, j]) for j, c in enumerate(CLASSES)}} for i in range(2)],
-                   ['', *CLASSES]), '', '![confusion](confusion.png)', '',
+            _table([{'': classes[i], **{c: int(m[i, j]) for j, c in enumerate(classes)}}
+                    for i in range(len(classes))], ['', *classes]), '', '![confusion](confusion.png)', '',
             f'## Misclassified test images ({errors})', '', '![misclassified](misclassified.png)', '']
   (out / 'report.md').write_text('\n'.join(lines))

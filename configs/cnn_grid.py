@@ -5,15 +5,22 @@ lr {1e-2, 1e-3}, 16 trials; the epoch count is read off each trial's validation 
 On the real data: --config.dataset.manual_dir=PATH. `cnn_grid.py:runlocal` is a quick try.
 """
 from configs import cnn
+from configs import common
+from configs import default
 
 
-def get_config(arg: str = ''):
-  c = cnn.get_config(arg)
+def experiment():
+  c = cnn.experiment()
   c.grid.model = dict(filters_1=(100, 200), filters_2=(25, 50), dropout_rate=(0.5, 0.7))
   c.grid.learning_rate = (1e-2, 1e-3)
   c.retrain_splits = ('train',)
-  if 'runlocal' in (arg or ''):
-    c.grid.model.filters_1, c.grid.model.filters_2 = (8, 16), (4, 8)
-    c.num_epochs = 3
   return c
 
+
+def runlocal(c):
+  default.runlocal(c)
+  c.grid.model.filters_1, c.grid.model.filters_2 = (8, 16), (4, 8)
+  c.num_epochs = 3
+
+
+get_config = common.variants(experiment, runlocal=runlocal)

@@ -5,20 +5,24 @@ its folder); `mlp.py:runlocal` runs on the generated stand-in instead.
 """
 import ml_collections
 
+from configs import common
 from configs import default
 
 
-def get_config(arg: str = ''):
-  c = default.get_config()
+def experiment():
+  c = default.experiment()
   c.dataset.name = 'comic_faces/rgb24'
   c.dataset.manual_dir = '~/tensorflow_datasets/downloads/manual'
-  c.model = ml_collections.ConfigDict(dict(name='mlp', hidden=(128, 128), input_scaling='imagenet'))
+  c.model = ml_collections.ConfigDict(dict(  # comicface/models/mlp.py
+      name='mlp', hidden=(128, 128), input_scaling='imagenet'))
   c.learning_rate = 1e-3
   c.batch_size = 64
   c.num_epochs = 3
   c.log_every_steps = 50
-  c.steps_per_call = 32  # a step takes about a millisecond: dispatch would dominate
-  c.predict_chunk = 0  # small activations: one pass per batch
-  if 'runlocal' in (arg or ''):
-    c.dataset.manual_dir = ''
-  return default.apply_variants(c, arg)
+  c.speed.steps_per_call = 32  # a step takes about a millisecond: dispatch would dominate
+  c.speed.predict_chunk = 0    # small activations: one pass per batch
+  c.speed.cpu_slice_images = 0  # no convolutions to spread over the cores
+  return c
+
+
+get_config = common.variants(experiment, runlocal=common.runlocal)

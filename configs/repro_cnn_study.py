@@ -11,13 +11,15 @@ Reported: 100/50/0.5/1e-3, 4 epochs, 99.94% (1 error in 1,600).
     python main.py --config=configs/repro_cnn_study.py --workdir=runs/repro_cnn \
         --config.dataset.manual_dir=~/Downloads/archive.zip
 """
+from configs import common
 from configs import cnn_grid
 
 
-def get_config(arg: str = ''):
-  c = cnn_grid.get_config(arg)
+def experiment():
+  c = cnn_grid.experiment()
   c.dataset.split_scheme = 'cnn_study'
   c.num_epochs = 10
-  if 'runlocal' in (arg or ''):
-    c.num_epochs = 3
   return c
+
+
+get_config = common.variants(experiment, runlocal=cnn_grid.runlocal)

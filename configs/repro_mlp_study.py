@@ -11,12 +11,16 @@ tested on the holdout. Reported: lr 1e-3, 3 epochs, 99.7%.
     python main.py --config=configs/repro_mlp_study.py --workdir=runs/repro_mlp \
         --config.dataset.manual_dir=~/Downloads/archive.zip
 """
+from configs import common
 from configs import mlp_grid
 
 
-def get_config(arg: str = ''):
-  c = mlp_grid.get_config(arg)
+def experiment():
+  c = mlp_grid.experiment()
   c.dataset.split_scheme = 'mlp_study'
   c.optimizer = 'sgd'
   c.augment_hflip = True
   return c
+
+
+get_config = common.variants(experiment, runlocal=common.runlocal)

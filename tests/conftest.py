@@ -36,6 +36,17 @@ def source_copy(source_40, tmp_path) -> pathlib.Path:
 TINY_PAIRS = 64
 
 
+def override(config, **overrides):
+  """`config` with dotted fields set: override(c, **{'model.filters_1': 16})."""
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
 def tiny_config(**overrides):
   """configs/default.py:runlocal shrunk to seconds: an 8/4-filter CNN on 64 generated pairs."""
   from configs import default  # pylint: disable=g-import-not-at-top
@@ -45,10 +56,24 @@ def tiny_config(**overrides):
   config.learning_rate = 1e-2
   config.batch_size = 8
   config.log_every_steps = 100
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
+  return override(config, **overrides)
+
+
+class Compiles:
+  """Counts XLA compilations by function name while entered (JAX's own compile event)."""
+
+  def __enter__(self):
+    import collections  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    self.counts = collections.Counter()
+    self._active = True
+
+    def listen(event, duration, **kwargs):
+      del duration
+      if self._active and event == '/jax/core/compile/backend_compile_duration':
+        self.counts[kwargs.get('fun_name', '?')] += 1
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    return self
+
+  def __exit__(self, *exc):
+    self._active = False  # JAX keeps its listeners; this one stops counting

@@ -9,6 +9,8 @@ import pytest
 
 from test_reliability import run_main
 
+pytestmark = pytest.mark.slow  # each test starts main.py or trains for seconds
+
 
 def test_batch_not_divisible_by_devices(tmp_path):
   r = run_main(tmp_path / 'w', '--config.batch_size=6',

@@ -12,7 +12,7 @@ import pytest
 
 from comicface import build_dataset, synthetic
 from conftest import DUMMY_DATA, REAL_SAMPLE, build
-from tfds_builder.comic_faces import comic_faces_dataset_builder as cfb
+from tfds_builder.comic_faces import comic_faces_dataset_builder as comic_faces
 
 
 def read_split(builder, split):
@@ -112,7 +112,7 @@ def test_unreadable_images_are_skipped_counted_and_listed(source_copy, tmp_path)
 def test_too_many_bad_images_fail_the_build(source_copy, tmp_path):
   for i in range(10):  # 10 of 80 bad: 12.5% overall, more than 5% in some split
     (source_copy / 'faces' / f'{i}.jpg').write_bytes(b'junk')
-  with pytest.raises(cfb.TooManyBadImagesError, match='unreadable'):
+  with pytest.raises(comic_faces.TooManyBadImagesError, match='unreadable'):
     build(source_copy, tmp_path / 'data')
   assert not list((tmp_path / 'data').rglob('*.array_record*'))  # nothing half-written kept
 
@@ -156,16 +156,16 @@ def test_mixed_modes_and_formats_build(source_copy, tmp_path):
 ])
 def test_layout_errors_name_expected_and_found(source_copy, tmp_path, setup, message):
   setup(source_copy)
-  with pytest.raises(cfb.LayoutError, match=message) as err:
+  with pytest.raises(comic_faces.LayoutError, match=message) as err:
     build(source_copy, tmp_path / 'data')
   assert 'comics/ and faces/' in str(err.value)
 
 
 def test_fingerprint_tracks_the_source(source_40, source_copy):
-  items = cfb.list_items(cfb.find_root(source_40))
-  assert cfb.fingerprint(items) == cfb.fingerprint(cfb.list_items(cfb.find_root(source_copy)))
+  items = comic_faces.list_items(comic_faces.find_root(source_40))
+  assert comic_faces.fingerprint(items) == comic_faces.fingerprint(comic_faces.list_items(comic_faces.find_root(source_copy)))
   (source_copy / 'faces' / '7.jpg').write_bytes(b'changed')
-  assert cfb.fingerprint(items) != cfb.fingerprint(cfb.list_items(cfb.find_root(source_copy)))
+  assert comic_faces.fingerprint(items) != comic_faces.fingerprint(comic_faces.list_items(comic_faces.find_root(source_copy)))
 
 
 @pytest.mark.skipif(not REAL_SAMPLE.exists(), reason='shared/real_sample is absent')

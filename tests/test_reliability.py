@@ -16,6 +16,8 @@ import pytest
 
 from conftest import ROOT, TINY_PAIRS
 
+pytestmark = pytest.mark.slow  # each test starts main.py or trains for seconds
+
 # The tiny run of conftest.tiny_config, as main.py flags.
 TINY = ['--config=configs/default.py:runlocal', f'--config.dataset.synthetic_pairs={TINY_PAIRS}',
         '--config.model.filters_1=8', '--config.model.filters_2=4', '--config.learning_rate=0.01',
@@ -175,22 +177,21 @@ def test_two_processes_match_one_process(tmp_path):
 def test_nan_midway_keeps_the_last_good_checkpoint(tmp_path):
   """Parameters that blow up in epoch 2 stop the run before anything replaces epoch 1's checkpoint."""
   import jax  # pylint: disable=g-import-not-at-top
-  from comicface import checkpointing, train  # pylint: disable=g-import-not-at-top
+  from comicface import actions, checkpointing, train  # pylint: disable=g-import-not-at-top
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
-  config = tiny_config(num_epochs=1)
-  run = train.setup(config, str(tmp_path))
-  assert train.fit(run, [str(tmp_path)])
-  good = run.mngr.all_steps()
+  run = train.setup(tiny_config(num_epochs=1), str(tmp_path))
+  assert train.fit(run, actions.standard(run, [str(tmp_path)]))
+  good = run.manager.all_steps()
+  template = run.state
   run.config = tiny_config(num_epochs=2)
-  run.state = run.state.replace(params=jax.tree.map(lambda x: x * np.inf, run.state.params))
-  with pytest.raises(train.NonFiniteLossError, match=r'train_loss is nan at step \d+'):
-    train.fit(run, [str(tmp_path)])
-  run.mngr.close()
-  mngr = checkpointing.manager(str(tmp_path), 2)
-  assert mngr.all_steps() == good
-  tree, _ = checkpointing.restore(mngr, good[-1], train.state_tree(train.create_train_state(
-      config, train.make_mesh())))
-  mngr.close()
+  run.state = {**run.state, 'params': jax.tree.map(lambda x: x * np.inf, run.state['params'])}
+  with pytest.raises(actions.NonFiniteLossError, match=r'train_loss is nan at step \d+'):
+    train.fit(run, actions.standard(run, [str(tmp_path)]))
+  run.manager.close()
+  manager = checkpointing.manager(str(tmp_path), 2)
+  assert manager.all_steps() == good
+  tree, _ = checkpointing.restore(manager, good[-1], template)
+  manager.close()
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree['params']))
 
 

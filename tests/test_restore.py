@@ -11,6 +11,8 @@ from comicface import imaging, inference, synthetic
 from conftest import REAL_SAMPLE
 from test_reliability import TINY, run_main
 
+pytestmark = pytest.mark.slow  # each test starts main.py or trains for seconds
+
 GRID = ['--config=configs/cnn_grid.py:runlocal', *TINY[1:], '--config.num_epochs=2',
         '--config.grid.model.filters_1=(8,)', '--config.grid.model.filters_2=(4,)',
         '--config.grid.model.dropout_rate=(0.5,)']

@@ -1,6 +1,5 @@
-"""The grid: expansion, grouping, selection, stacked == sequential, resumption, retraining, reports."""
+"""The grid search: expansion, grouping, selection, stacked == sequential, resumption, retraining, reports."""
 import json
-import logging
 import math
 import os
 import signal
@@ -8,13 +7,12 @@ import subprocess
 import sys
 import time
 
-import jax
 import ml_collections
 import pytest
 
-from comicface import grid
+from comicface import search, search_space
 from configs import cnn_grid, mlp_grid
-from conftest import ROOT, tiny_config
+from conftest import ROOT, Compiles, tiny_config
 
 
 def tiny_grid(**overrides):
@@ -25,20 +23,20 @@ def tiny_grid(**overrides):
 
 
 def test_cnn_grid_expands_to_the_studys_16_trials():
-  trials, epochs = grid.expand(cnn_grid.get_config())
+  trials, epochs = search_space.expand(cnn_grid.get_config())
   assert len(trials) == 16 and epochs == list(range(1, 11))
   combos = {(t.config.model.filters_1, t.config.model.filters_2, t.config.model.dropout_rate,
              t.config.learning_rate) for t in trials}
   assert combos == {(a, b, c, d) for a in (100, 200) for b in (25, 50) for c in (0.5, 0.7)
                     for d in (1e-2, 1e-3)}
   assert all(not t.config.grid and t.config.num_epochs == 10 for t in trials)
-  shapes = grid.groups(trials, 'stacked')
+  shapes = search_space.groups(trials, 'stacked')
   assert len(shapes) == 4 and all(len(g) == 4 for g in shapes)  # lr x dropout stack per filter pair
-  assert len(grid.groups(trials, 'sequential')) == 16
+  assert len(search_space.groups(trials, 'sequential')) == 16
 
 
 def test_epochs_axis_costs_one_run():
-  trials, epochs = grid.expand(mlp_grid.get_config())
+  trials, epochs = search_space.expand(mlp_grid.get_config())
   assert epochs == [1, 3, 5]
   assert [t.config.learning_rate for t in trials] == [1e-2, 1e-3]
   assert all(t.config.num_epochs == 5 for t in trials)
@@ -47,10 +45,10 @@ def test_epochs_axis_costs_one_run():
 def test_grid_override_and_unknown_axis():
   config = cnn_grid.get_config()
   config.grid.learning_rate = (0.1,)
-  assert len(grid.expand(config)[0]) == 8
+  assert len(search_space.expand(config)[0]) == 8
   config.grid.model.no_such_field = (1, 2)
   with pytest.raises(ValueError, match="'model.no_such_field', which is not a config field"):
-    grid.expand(config)
+    search_space.expand(config)
 
 
 def _record(epoch, acc, loss):
@@ -63,50 +61,34 @@ def test_selection_breaks_ties_by_loss_then_fewer_epochs():
       'b': [_record(1, 0.95, 0.25), _record(2, 0.95, 0.1), _record(3, 0.5, 0.1)],
       'c': [_record(1, math.nan, math.nan), _record(2, 0.95, 0.1)],
   }
-  assert grid.select(histories, [1, 2, 3]) == ('b', _record(2, 0.95, 0.1))  # b/2 ties c/2: order kept
-  assert grid.select({'a': histories['a']}, [1, 2, 3])[1]['epoch'] == 2    # same acc and loss: fewer epochs
-  assert grid.select(histories, [1, 3]) == ('a', _record(3, 0.95, 0.2))      # epochs off the axis ignored
-  assert grid.select({'c': histories['c']}, [1])[1]['epoch'] == 1           # only NaN: still a result
-
-
-class _Compiles(logging.Handler):
-  """Collects the messages of JAX's compile log."""
-
-  def __init__(self):
-    super().__init__()
-    self.messages = []
-
-  def emit(self, record):
-    self.messages.append(record.getMessage())
+  assert search.select(histories, [1, 2, 3]) == ('b', _record(2, 0.95, 0.1))  # b/2 ties c/2: order kept
+  assert search.select({'a': histories['a']}, [1, 2, 3])[1]['epoch'] == 2    # same acc and loss: fewer epochs
+  assert search.select(histories, [1, 3]) == ('a', _record(3, 0.95, 0.2))      # epochs off the axis ignored
+  assert search.select({'c': histories['c']}, [1])[1]['epoch'] == 1           # only NaN: still a result
 
 
 @pytest.fixture(scope='module')
 def sequential(tmp_path_factory):
-  """The tiny grid run trial after trial, uninterrupted: (workdir, results, JAX's
-  compile log messages during the run)."""
+  """The tiny grid run trial after trial, uninterrupted: (workdir, results, XLA compilations
+  counted by function name during the run)."""
   workdir = tmp_path_factory.mktemp('sequential')
-  compiles, logger = _Compiles(), logging.getLogger('jax')
-  logger.addHandler(compiles)
-  try:
-    with jax.log_compiles():
-      results = grid.run(tiny_grid(grid_parallel='sequential'), str(workdir))
-  finally:
-    logger.removeHandler(compiles)
-  return workdir, results, compiles.messages
+  with Compiles() as compiles:
+    results = search.run(tiny_grid(grid_parallel='sequential'), str(workdir))
+  return workdir, results, compiles.counts
 
 
+@pytest.mark.slow
 def test_sequential_trials_of_one_shape_compile_their_steps_once(sequential):
-  # 4 trials (learning and dropout rates) and the retrain share one model shape: the
-  # train step compiles once at most (not at all where an earlier test compiled it).
-  finished = [m for m in sequential[2] if m.startswith('Finished XLA compilation of ')]
-  assert any('train_block' in m for m in finished) or not finished, sequential[2][:5]
-  assert sum('train_block' in m for m in finished) <= 1, finished
-  assert sum('jit(init)' in m or ' init ' in m for m in finished) <= 1, finished
+  """4 trials (learning and dropout rates) and the retrain share one static config: their
+  train, eval and init steps compile once each."""
+  counts = sequential[2]
+  assert counts['jit(train_block)'] == counts['jit(eval_step)'] == counts['jit(init_state)'] == 1, counts
 
 
+@pytest.mark.slow
 def test_stacked_equals_sequential(tmp_path, sequential):
   results = {'sequential': {t['trial']: t for t in sequential[1]['trials']}}
-  out = grid.run(tiny_grid(grid_parallel='stacked'), str(tmp_path / 'stacked'))
+  out = search.run(tiny_grid(grid_parallel='stacked'), str(tmp_path / 'stacked'))
   assert out['grid_parallel'] == 'stacked' and sequential[1]['grid_parallel'] == 'sequential'
   results['stacked'] = {t['trial']: t for t in out['trials']}
   assert results['stacked'].keys() == results['sequential'].keys() and len(results['stacked']) == 4
@@ -124,10 +106,11 @@ def test_stacked_equals_sequential(tmp_path, sequential):
     assert list((stacked_dir / 'trials' / name / 'tensorboard').glob('events.out.tfevents.*'))
 
 
+@pytest.mark.slow
 def test_retrain_on_train_and_validation(tmp_path):
   config = tiny_grid(retrain_splits=('train', 'validation'))
   config.grid = ml_collections.ConfigDict({'learning_rate': (1e-2,), 'num_epochs': (1, 2)})
-  out = grid.run(config, str(tmp_path))
+  out = search.run(config, str(tmp_path))
   final = json.loads((tmp_path / 'final' / 'results.json').read_text())
   assert final['config']['train_splits'] == ['train', 'validation']
   assert final['config']['num_epochs'] == out['best_epoch'] and final['config']['test_checkpoint'] == 'last'
@@ -135,19 +118,20 @@ def test_retrain_on_train_and_validation(tmp_path):
   assert out['chosen'] == {'learning_rate': 1e-2}
 
 
+@pytest.mark.slow
 def test_interrupted_grid_skips_finished_trials_and_resumes(tmp_path, caplog, sequential):
   """kill -9 during the second trial; the rerun does not redo the first, resumes the second,
   and ends with the winner and test accuracy of the uninterrupted grid."""
   workdir = tmp_path / 'w'
   script = ('import sys\n'
             'from conftest import tiny_config\n'
-            'from test_grid import tiny_grid\n'
-            'from comicface import grid\n'
-            'grid.run(tiny_grid(grid_parallel="sequential"), sys.argv[1])\n')
+            'from test_search import tiny_grid\n'
+            'from comicface import search\n'
+            'search.run(tiny_grid(grid_parallel="sequential"), sys.argv[1])\n')
   env = {**os.environ, 'PYTHONPATH': f'{ROOT}{os.pathsep}{ROOT / "tests"}'}
   proc = subprocess.Popen([sys.executable, '-c', script, str(workdir)], env=env, cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  trials, _ = grid.expand(tiny_grid())
+  trials, _ = search_space.expand(tiny_grid())
   first, second = (workdir / 'trials' / t.name for t in trials[:2])
   deadline = time.time() + 240
   while time.time() < deadline and not any(
@@ -158,7 +142,7 @@ def test_interrupted_grid_skips_finished_trials_and_resumes(tmp_path, caplog, se
   assert (first / 'trial.json').exists() and not (second / 'trial.json').exists()
   before = (first / 'trial.json').stat().st_mtime_ns
   caplog.set_level('INFO')
-  out = grid.run(tiny_grid(grid_parallel='sequential'), str(workdir))
+  out = search.run(tiny_grid(grid_parallel='sequential'), str(workdir))
   assert (first / 'trial.json').stat().st_mtime_ns == before  # not rerun
   assert len(out['trials']) == 4
   history = json.loads((second / 'trial.json').read_text())['history']
@@ -170,13 +154,14 @@ def test_interrupted_grid_skips_finished_trials_and_resumes(tmp_path, caplog, se
   assert f'Skipping finished trial(s) [{trials[0].name!r}]' in caplog.text
 
 
+@pytest.mark.slow
 def test_grid_is_overridden_from_the_command_line():
   """main.py's own flags: `--config.grid.X=(...)` replaces an axis."""
   script = ('import json, sys\n'
             'import main\n'
-            'from comicface import grid\n'
+            'from comicface import search_space\n'
             'main.FLAGS(sys.argv)\n'
-            'trials, _ = grid.expand(main.FLAGS.config)\n'
+            'trials, _ = search_space.expand(main.FLAGS.config)\n'
             'print(json.dumps([[t.config.model.filters_1, t.config.learning_rate] for t in trials]))\n')
   r = subprocess.run([sys.executable, '-c', script, '--config=configs/cnn_grid.py', '--workdir=unused',
                       '--config.grid.learning_rate=(0.1,0.01,0.001)', '--config.grid.model.filters_1=(64,)'],

@@ -1,0 +1,240 @@
+"""The train state, the pure steps, and their jitted, sharded forms.
+
+The state is a plain pytree:
+
+    {'params', 'opt_state', 'model_state' (e.g. batch statistics), 'step', 'rng'}
+
+and the values a trial is trained with, `hparams = {'learning_rate', <the model's
+VALUES>}`, are data beside it. A stack of trials carries a leading trial axis on
+both; its steps are `jax.vmap`ped over that axis, and every trial sees the same
+batches. The model and the optimizer are closed over by the jitted steps, which
+key on shapes alone.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+
+from comicface import models
+
+State = dict[str, Any]
+HParams = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]  # sums: 'loss', 'correct', 'count'
+Record = dict[str, float]
+
+
+def make_mesh(trials: int = 1, devices: list | None = None) -> jax.sharding.Mesh:
+  """`devices` (default: all) on ('trial', 'data'); stacked trials spread over 'trial'
+  where the counts divide (one process). Auto axes: Explicit ones break Flax's dropout."""
+  devices = devices or jax.devices()
+  n = len(devices)
+  t = math.gcd(trials, n) if jax.process_count() == 1 else 1
+  return jax.sharding.Mesh(np.asarray(devices).reshape(t, n // t), ('trial', 'data'),
+                           axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def optimizer(name: str) -> optax.GradientTransformation:
+  """The update direction of 'adam' or 'sgd', without a learning rate: the rate is a
+  value beside the state (stacked trials differ in it), applied by `train_step`."""
+  return {'adam': optax.scale_by_adam, 'sgd': optax.identity}[name]()
+
+
+def hyperparameters(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """The values of `config` that a stack of trials may differ in."""
+  return {'learning_rate': config.learning_rate,
+          **{k: config.model[k] for k in models.values(config.model) if k in config.model}}
+
+
+def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+  """What `Steps` is built from: the model but its values, the optimizer, the dtype, the
+  augmentation and the speed settings. Configs equal in it share compiled steps."""
+  model = {k: v for k, v in config.model.to_dict().items() if k not in models.values(config.model)}
+  return ml_collections.FrozenConfigDict(dict(model=model, dtype=config.dtype, optimizer=config.optimizer,
+                                              augment_hflip=config.augment_hflip, speed=config.speed.to_dict()))
+
+
+def resolve_kernels(kernels: str) -> str:
+  """config.speed.kernels, with 'auto' resolved: 'cpu' on CPUs, else 'xla' (Flax's own layers)."""
+  return ('cpu' if jax.default_backend() == 'cpu' else 'xla') if kernels == 'auto' else kernels
+
+
+def strided_slices(x: jax.Array, size: int) -> jax.Array:
+  """(b, ...) -> (b / size, size, ...): slice i holds items i, i + b/size, ..., so
+  where the batch is sharded over devices in blocks, each device keeps its own
+  share of every slice. `size` must divide b."""
+  return jnp.swapaxes(x.reshape(size, x.shape[0] // size, *x.shape[1:]), 0, 1)
+
+
+def merge_slices(y: jax.Array) -> jax.Array:
+  """The inverse of `strided_slices`: (n, size, ...) -> (n * size, ...) in batch order."""
+  return jnp.swapaxes(y, 0, 1).reshape(-1, *y.shape[2:])
+
+
+def init_state(rng: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation,
+               image_shape: tuple[int, ...]) -> State:
+  """A fresh state: parameters (and model state) from `rng`, and the dropout key."""
+  params_rng, dropout_rng = jax.random.split(rng)
+  variables = dict(model.init(params_rng, jnp.zeros((1, *image_shape), jnp.uint8)))
+  params = variables.pop('params')
+  return {'params': params, 'opt_state': tx.init(params), 'model_state': variables,
+          'step': jnp.zeros((), jnp.int32), 'rng': dropout_rng}
+
+
+def apply_model(model: nn.Module, state: State, images: jax.Array, *, train: bool = False,
+                rng: jax.Array | None = None, slice_images: int = 0) -> tuple[jax.Array, dict]:
+  """(logits, updated model state).
+
+  A model without model state draws each example's dropout from a key of its own (the
+  batch's key split by position), so that with `slice_images` it can run on independent
+  slices of that many images (`strided_slices`) and compute what the whole batch does:
+  XLA:CPU runs the slices side by side on all cores, where one convolution of the whole
+  batch keeps about one busy. A model with state (batch statistics) sees the whole batch.
+  """
+  variables = {'params': state['params'], **state['model_state']}
+  if state['model_state']:
+    mutable = list(state['model_state']) if train else False
+    out = model.apply(variables, images, train=train, rngs={'dropout': rng} if train else {}, mutable=mutable)
+    return out if train else (out, state['model_state'])
+
+  def forward(x, keys):
+    if not train:
+      return model.apply(variables, x)
+    one = lambda xi, key: model.apply(variables, xi[None], train=True, rngs={'dropout': key})[0]
+    return jax.vmap(one)(x, keys)
+  b = images.shape[0]
+  keys = jax.random.split(rng, b) if train else jnp.zeros((b,))
+  if slice_images and b > slice_images and b % slice_images == 0:
+    parts = [forward(x, k) for x, k in zip(strided_slices(images, slice_images), strided_slices(keys, slice_images))]
+    return merge_slices(jnp.stack(parts)), state['model_state']
+  return forward(images, keys), state['model_state']
+
+
+def _sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return {'loss': jnp.sum(losses * mask),
+          'correct': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+          'count': jnp.sum(mask)}
+
+
+def summarize(sums: Metrics, prefix: str) -> list[Record]:
+  """Mean loss and accuracy, one record per trial."""
+  loss, correct, count = (np.atleast_1d(jax.device_get(sums[k])) for k in ('loss', 'correct', 'count'))
+  return [{f'{prefix}_loss': float(l / n), f'{prefix}_accuracy': float(c / n)}
+          for l, c, n in zip(loss, correct, count)]
+
+
+def add(a: Metrics | None, b: Metrics) -> Metrics:
+  return b if a is None else jax.tree.map(jnp.add, a, b)
+
+
+def train_step(state: State, hparams: HParams, batch: dict[str, jax.Array], *,
+               model_fn: Callable[..., nn.Module], tx: optax.GradientTransformation,
+               hflip: bool = False, slice_images: int = 0) -> tuple[State, Metrics]:
+  """One optimizer step on the mean cross-entropy; returns sums for the metrics.
+
+  `model_fn(**values)` builds the model with the trial's values (its dropout rate);
+  `hflip` mirrors a random half of the images left-right first (the MLP study's augmentation).
+  """
+  rng = jax.random.fold_in(state['rng'], state['step'])
+  images = batch['image']
+  if hflip:
+    rng, flip_rng = jax.random.split(rng)
+    flip = jax.random.bernoulli(flip_rng, 0.5, images.shape[:1])[:, None, None, None]
+    images = jnp.where(flip, images[:, :, ::-1], images)
+  model = model_fn(**{k: v for k, v in hparams.items() if k != 'learning_rate'})
+
+  def loss_fn(params):
+    logits, model_state = apply_model(model, {**state, 'params': params}, images, train=True, rng=rng,
+                                      slice_images=slice_images)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
+    return losses.mean(), (logits, model_state)
+
+  (_, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+  direction, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  params = optax.apply_updates(state['params'], jax.tree.map(lambda d: -hparams['learning_rate'] * d, direction))
+  new = {**state, 'params': params, 'opt_state': opt_state, 'model_state': model_state,
+         'step': state['step'] + 1}
+  return new, _sums(logits, batch['label'], jnp.ones_like(batch['label'], jnp.float32))
+
+
+def train_block(state: State, hparams: HParams, batches: dict[str, jax.Array],
+                **step_kwargs: Any) -> tuple[State, Metrics]:
+  """`train_step` over the leading axis of `batches` in one call (a `lax.scan`),
+  for models whose step is shorter than a dispatch; returns the summed metrics.
+
+  A block of one is a plain step: XLA:CPU runs convolutions inside a loop on a
+  much slower path, so the CNN keeps `config.speed.steps_per_call = 1`.
+  """
+  step = functools.partial(train_step, **step_kwargs)
+  if batches['label'].shape[0] == 1:
+    return step(state, hparams, jax.tree.map(lambda x: x[0], batches))
+  state, metrics = jax.lax.scan(lambda s, b: step(s, hparams, b), state, batches)
+  return state, jax.tree.map(lambda m: m.sum(0), metrics)
+
+
+def eval_step(state: State, batch: dict[str, jax.Array], *, model: nn.Module) -> tuple[Metrics, jax.Array]:
+  """Masked sums, and the class probabilities of each example."""
+  logits, _ = apply_model(model, state, batch['image'])
+  return _sums(logits, batch['label'], batch['mask']), jax.nn.softmax(logits)
+
+
+def predict_step(state: State, images: jax.Array, *, model: nn.Module, chunk: int = 0) -> jax.Array:
+  """Class probabilities per image, `chunk` images per forward pass (0: all at once), so
+  that a large batch holds no more activations at a time than a training batch does."""
+  forward = lambda x: jax.nn.softmax(apply_model(model, state, x)[0])
+  n = images.shape[0]
+  if not chunk or n <= chunk or n % chunk:
+    return forward(images)
+  return merge_slices(jax.lax.map(forward, strided_slices(images, chunk)))
+
+
+class Steps:
+  """The jitted init, train, eval and predict steps of a config's `static_config` on `mesh`,
+  vmapped over a trial axis if `stacked`. Runs equal in their static config share one
+  (a grid's trials of one shape compile once). `train` takes a block of batches
+  (see `train_block`)."""
+
+  def __init__(self, config: ml_collections.FrozenConfigDict, num_classes: int, image_shape: tuple[int, ...],
+               mesh: jax.sharding.Mesh, stacked: bool = False):
+    kernels = resolve_kernels(config.speed.kernels)
+    make = functools.partial(models.create, config.model.to_dict(), num_classes, config.dtype, kernels)
+    tx = optimizer(config.optimizer)
+    self.mesh = mesh
+    self.data = NamedSharding(mesh, P('data'))
+    self.blocks = NamedSharding(mesh, P(None, 'data'))
+    self.replicated = NamedSharding(mesh, P())
+    self.state_sharding = NamedSharding(mesh, P('trial')) if stacked else self.replicated
+    slice_images = config.speed.cpu_slice_images * mesh.devices.size if kernels == 'cpu' else 0
+    init = functools.partial(init_state, model=make(), tx=tx, image_shape=tuple(image_shape))
+    train = functools.partial(train_block, model_fn=functools.partial(make, 'train'), tx=tx,
+                              hflip=config.augment_hflip, slice_images=slice_images)
+    evaluate = functools.partial(eval_step, model=make('predict'))
+    if stacked:
+      init, train = jax.vmap(init), jax.vmap(train, in_axes=(0, 0, None))
+      evaluate = jax.vmap(evaluate, in_axes=(0, None))
+    self.init = jax.jit(init, out_shardings=self.state_sharding)
+    self.train = jax.jit(train, out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
+    self.eval = jax.jit(evaluate, out_shardings=(self.replicated, self.replicated))
+    self.predict = jax.jit(functools.partial(predict_step, model=make('predict'), chunk=config.speed.predict_chunk),
+                           out_shardings=self.data)
+
+  def device_put(self, batch: dict[str, np.ndarray], block: bool = False) -> dict[str, jax.Array]:
+    """Builds global arrays from each process's slice of the batch (or block of batches)."""
+    sharding = self.blocks if block else self.data
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+  def put_hparams(self, hparams: list[dict[str, float]]) -> HParams:
+    """The values of one trial (a list of one) or of a stack of trials, on the mesh."""
+    stacked = {k: np.asarray([h[k] for h in hparams], np.float32) for k in hparams[0]}
+    if self.state_sharding is self.replicated:
+      stacked = {k: v[0] for k, v in stacked.items()}
+    return jax.device_put(stacked, self.state_sharding)

@@ -1,0 +1,111 @@
+"""The pure steps and their jitted forms: blocks of steps, slices of the batch, chunks of a
+prediction and stacks of trials each compute what the plain step does."""
+import jax
+import numpy as np
+import pytest
+
+from bench.train_throughput import task_of
+from comicface import steps as steps_lib
+from conftest import override, tiny_config
+from configs import mlp, repro_mlp_study, resnet
+
+
+def make(config, trials: int = 1, stacked: bool = False, devices=None):
+  task = task_of(config)
+  return steps_lib.Steps(steps_lib.static_config(config), len(task.classes), task.image_shape,
+                         steps_lib.make_mesh(trials, devices), stacked)
+
+
+def random_batches(config, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  b = config.batch_size
+  return {'image': rng.integers(0, 256, (n, b, *task_of(config).image_shape), dtype=np.uint8),
+          'label': rng.integers(0, 2, (n, b)).astype(np.int32)}
+
+
+def train_over(steps, config, host, cuts, hparams=None):
+  """Trains a fresh state over `host` batches in calls of the blocks between `cuts`."""
+  state = steps.init(jax.random.PRNGKey(config.seed))
+  hparams = hparams or steps.put_hparams([steps_lib.hyperparameters(config)])
+  sums = None
+  for lo, hi in zip(cuts, cuts[1:]):
+    state, m = steps.train(state, hparams, steps.device_put({k: v[lo:hi] for k, v in host.items()}, block=True))
+    sums = steps_lib.add(sums, m)
+  return jax.device_get(state), jax.device_get(sums)
+
+
+def assert_close(a, b, rtol=1e-5, atol=1e-6):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
+
+
+@pytest.mark.parametrize('config', [tiny_config(), mlp.get_config('runlocal'), resnet.get_config('runlocal')],
+                         ids=['cnn', 'mlp', 'resnet'])
+def test_blocks_of_steps_match_single_steps(config):
+  """A call running 3 + 2 steps (a lax.scan) ends where 5 one-step calls do, batch
+  statistics included."""
+  steps, host = make(config), random_batches(config, 5)
+  (state_1, sums_1), (state_2, sums_2) = (train_over(steps, config, host, cuts)
+                                          for cuts in ((0, 1, 2, 3, 4, 5), (0, 3, 5)))
+  assert int(state_1['step']) == int(state_2['step']) == 5
+  assert_close(state_1, state_2)
+  assert_close(sums_1, sums_2)
+
+
+def test_slices_of_the_batch_train_and_predict_as_the_whole_batch():
+  """The CNN on slices of 2 images (no dropout, whose masks differ by slice) gives the whole
+  batch's loss, parameters and predictions."""
+  whole, sliced = (tiny_config(**{'model.dropout_rate': 0.0, 'speed.cpu_slice_images': k}) for k in (0, 2))
+  host = random_batches(whole, 2)
+  (state_w, sums_w), (state_s, sums_s) = (train_over(make(c), c, host, (0, 1, 2)) for c in (whole, sliced))
+  assert_close(sums_w, sums_s)
+  assert_close(state_w['params'], state_s['params'], rtol=1e-4)
+
+
+def test_a_prediction_in_chunks_matches_one_pass():
+  config = tiny_config()
+  whole, chunked = make(override(tiny_config(), **{'speed.predict_chunk': 0})), make(config)
+  state = whole.init(jax.random.PRNGKey(0))
+  images = np.random.default_rng(0).integers(0, 256, (64, 128, 128, 1), dtype=np.uint8)
+  probs = whole.predict(state, jax.device_put(images, whole.data))
+  assert probs.shape == (64, 2)
+  np.testing.assert_allclose(chunked.predict(state, jax.device_put(images, chunked.data)), probs,
+                             rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_stack_of_trials_trains_each_as_alone():
+  """Three trials differing in learning and dropout rates, stacked, end where each trial's
+  own run ends (same batches, same initial parameters)."""
+  configs = [tiny_config(learning_rate=lr, **{'model.dropout_rate': d})
+             for lr, d in ((1e-2, 0.0), (3e-3, 0.5), (1e-3, 0.2))]
+  host = random_batches(configs[0], 3)
+  stack = make(configs[0], trials=3, stacked=True)
+  state = stack.init(np.stack([jax.random.PRNGKey(c.seed) for c in configs]))
+  hparams = stack.put_hparams([steps_lib.hyperparameters(c) for c in configs])
+  sums = None
+  for i in range(3):
+    state, m = stack.train(state, hparams, stack.device_put({k: v[i:i + 1] for k, v in host.items()}, block=True))
+    sums = steps_lib.add(sums, m)
+  for t, c in enumerate(configs):
+    alone, alone_sums = train_over(make(c), c, host, (0, 1, 2, 3))
+    assert_close(jax.tree.map(lambda x: x[t], jax.device_get(state)), alone, rtol=1e-4, atol=1e-5)
+    assert_close({k: v[t] for k, v in jax.device_get(sums).items()}, alone_sums, rtol=1e-4)
+
+
+def test_hflip_mirrors_images_and_nothing_else():
+  """With no dropout (the MLP), a flip only matters for images that are not mirror-symmetric."""
+  config = repro_mlp_study.get_config()
+  rng = np.random.default_rng(0)
+  half = rng.integers(0, 256, (1, 16, 24, 12, 3), dtype=np.uint8)
+  symmetric = np.concatenate([half, half[:, :, :, ::-1]], axis=3)
+  asymmetric = rng.integers(0, 256, (1, 16, 24, 24, 3), dtype=np.uint8)
+  labels = rng.integers(0, 2, (1, 16)).astype(np.int32)
+  config.batch_size = 16
+
+  def params_after(images, hflip):
+    c = override(repro_mlp_study.get_config(), augment_hflip=hflip, batch_size=16)
+    return jax.tree.leaves(train_over(make(c), c, {'image': images, 'label': labels}, (0, 1))[0]['params'])
+  for a, b in zip(params_after(symmetric, True), params_after(symmetric, False)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert any(not np.allclose(a, b) for a, b in zip(params_after(asymmetric, True),
+                                                   params_after(asymmetric, False)))

@@ -43,7 +43,7 @@ def main() -> None:
   modes = [search.resolve_mode(config)] if a.json else a.modes.split(',')
   for mode in modes:
     start = time.perf_counter()
-    search.train_trials(trials, root / mode, mode, epochs, search.SharedSteps(), task)
+    search.grid(search.Search(config, root / mode, task, mode))
     secs = time.perf_counter() - start
     if a.json:
       print(json.dumps({'mode': mode, 'trials': len(trials), 'images': n, 'seconds': secs}))

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import math
 import signal
-from typing import TYPE_CHECKING, Sequence
+import threading
+from typing import TYPE_CHECKING, Any, Sequence
 
 from absl import logging
 
 from comicface import checkpointing
 from comicface import errors
 from comicface import logs
-from comicface.steps import Metrics, Record, summarize
+from comicface.steps import mean_records, Metrics, Record, summarize
 
 if TYPE_CHECKING:
-  from comicface.train import Run
+  from comicface.train import Member, Run
 
 
 class NonFiniteLossError(errors.UserError, FloatingPointError):
@@ -69,70 +70,125 @@ class StopOnNonFinite(Action):
 
 
 class WriteTensorBoard(Action):
-  """Each trial's epoch records as TensorBoard scalars, in `logdirs` (one per trial)."""
+  """Each member's epoch records as TensorBoard scalars, in its folder."""
 
-  def __init__(self, run: Run, logdirs: Sequence[str]):
-    if len(logdirs) != len(run.trial_names):
-      raise ValueError(f'{len(logdirs)} TensorBoard folders for {len(run.trial_names)} trials')
-    self.writers = [logs.Writer(d, run.config) for d in logdirs]
+  def __init__(self, run: Run):
+    self.writers = {m.name: logs.Writer(m.folder, m.config) for m in run.members}
 
   def after_epoch(self, run: Run, records: list[Record]) -> None:
-    for writer, record in zip(self.writers, records):
-      writer.scalars(run.step, record)
+    for member, record in zip(run.members, records):
+      self.writers[member.name].scalars(run.step, record)
 
   def close(self) -> None:
-    for writer in self.writers:
+    for writer in self.writers.values():
       writer.close()
 
 
 class SaveCheckpoints(Action):
-  """A checkpoint after every epoch; a single run's carries its validation metrics, so
-  that the manager keeps the best beside the latest."""
+  """A checkpoint of every member after every epoch, with its validation metrics, so that
+  its manager keeps its best beside its latest."""
 
   def after_epoch(self, run: Run, records: list[Record]) -> None:
-    best = records[0] if len(records) == 1 else None
-    run.save(metrics=best and {'val_accuracy': best['val_accuracy'], 'val_loss': best['val_loss'],
-                               'epoch': best['epoch']})
+    run.save(metrics=[{'val_accuracy': r['val_accuracy'], 'val_loss': r['val_loss'], 'epoch': r['epoch']}
+                      for r in records])
+
+
+def stops_early(rule: Any, history: Sequence[Record]) -> bool:
+  """Whether Keras' EarlyStopping rule stops a run after `history` (its epochs so far).
+
+  `rule` holds monitor ('' = never stop, 'val_loss', 'val_accuracy', ...), mode ('min',
+  'max', or 'auto': max for accuracies, min otherwise), patience, min_delta and
+  start_from_epoch, with Keras' meanings: from epoch index start_from_epoch on, an epoch
+  improves if it beats the best by more than min_delta; after `patience` epochs without
+  improvement (and never at the first epoch), the run stops.
+  """
+  if not rule.monitor:
+    return False
+  maximize = rule.mode == 'max' or (rule.mode == 'auto' and 'acc' in rule.monitor)
+  best, wait = None, 0
+  for epoch, record in enumerate(history):
+    value = record[rule.monitor]
+    if epoch < rule.start_from_epoch:
+      continue
+    wait += 1
+    improved = best is None or (value - rule.min_delta > best if maximize else value + rule.min_delta < best)
+    if improved:
+      best, wait = value, 0
+    elif wait >= rule.patience and epoch > 0:
+      return True
+  return False
+
+
+def mark_stopped(members: Sequence[Member]) -> None:
+  """Marks the members of every trial that `stops_early` on its history (the mean over
+  its seeds: they stop together)."""
+  trials: dict[str, list[Member]] = {}
+  for member in members:
+    trials.setdefault(member.trial, []).append(member)
+  for name, seeds in trials.items():
+    if not seeds[0].stopped and stops_early(seeds[0].config.early_stopping, mean_records([m.history for m in seeds])):
+      logging.info('Early stopping %s after epoch %d (%s).', name or 'the run', len(seeds[0].history),
+                   seeds[0].config.early_stopping.monitor)
+      for member in seeds:
+        member.stopped = True
+
+
+class EarlyStopping(Action):
+  """Marks the members that stop early after an epoch (`mark_stopped`); `train.fit` then
+  drops them from the stack (their best checkpoint is the one tested)."""
+
+  def after_epoch(self, run: Run, records: list[Record]) -> None:
+    mark_stopped(run.members)
+
+
+_PREEMPTED = threading.Event()  # set by SIGTERM; every run of the process sees it
+
+
+def _on_sigterm(signum, frame) -> None:
+  del signum, frame
+  logging.warning('SIGTERM received: saving a checkpoint at the next step, then exiting.')
+  _PREEMPTED.set()
 
 
 class StopOnPreemption(Action):
   """On SIGTERM (what a preemption sends) or Orbax's preemption notice: saves a checkpoint
   at the next step (with the epoch's partial sums, so that the resumed epoch's record is
-  exact) and stops the loop (`Preempted`)."""
+  exact) and stops the loop (`Preempted`). Made in the main thread, it installs the SIGTERM
+  handler (and clears an earlier request); runs in other threads share it."""
 
   def __init__(self, check_nonfinite: bool = True):
-    self.requested = False
     self.check_nonfinite = check_nonfinite
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM received: saving a checkpoint at the next step, then exiting.')
-    self.requested = True
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      _PREEMPTED.clear()
+      self._previous = signal.signal(signal.SIGTERM, _on_sigterm)
 
   def _due(self, run: Run) -> bool:
-    return self.requested or run.manager.reached_preemption(run.step)
+    return _PREEMPTED.is_set() or run.members[0].manager.reached_preemption(run.step)
 
   def after_steps(self, run: Run, sums: Metrics, taken: int) -> None:
     if run.step % run.steps_per_epoch and self._due(run):
       if self.check_nonfinite:
         check_finite(summarize(sums, 'train'), run.step)
       run.save(partial=sums)
-      checkpointing.wait(run.manager)
+      for member in run.members:
+        checkpointing.wait(member.manager)
       raise Preempted
 
   def after_epoch(self, run: Run, records: list[Record]) -> None:
     if run.epoch < run.config.num_epochs and self._due(run):  # the epoch's checkpoint is saved
-      checkpointing.wait(run.manager)
+      for member in run.members:
+        checkpointing.wait(member.manager)
       raise Preempted
 
   def close(self) -> None:
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
-def standard(run: Run, logdirs: Sequence[str], stop_on_nonfinite: bool = True) -> list[Action]:
+def standard(run: Run, stop_on_nonfinite: bool = True) -> list[Action]:
   """The actions of a training run, in the order they must run after an epoch (the
-  finite check before the checkpoint, the preemption check after it). A grid's stacked
+  finite check before the checkpoint, the preemption check after it). A search's
   trials may diverge alone (`stop_on_nonfinite=False`): their NaN ranks them last."""
-  return [ReportProgress(run), *([StopOnNonFinite()] if stop_on_nonfinite else []),
-          WriteTensorBoard(run, logdirs), SaveCheckpoints(), StopOnPreemption(stop_on_nonfinite)]
+  return [ReportProgress(run), *([StopOnNonFinite()] if stop_on_nonfinite else []), WriteTensorBoard(run),
+          SaveCheckpoints(), EarlyStopping(), StopOnPreemption(stop_on_nonfinite)]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+from typing import Any, Sequence
 
 from absl import logging
 import jax
@@ -79,17 +79,32 @@ def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any
   return out['state'], out['meta']
 
 
-def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[Any, dict] | None:
-  """The newest checkpoint that reads back; unreadable ones are moved aside to
-  `checkpoints/corrupt-N` with a warning. None if there is none."""
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      return restore(manager, step, target)
-    except Exception as e:  # pylint: disable=broad-except  (tensorstore raises many kinds)
-      path = pathlib.Path(manager.directory) / str(step)
-      logging.warning('Checkpoint %s cannot be read (%s: %s); moving it aside to corrupt-%d '
-                      'and using the previous one.', path, type(e).__name__, str(e)[:300], step)
-      if jax.process_index() == 0:
-        path.rename(path.with_name(f'corrupt-{step}'))
-      manager.reload()
-  return None
+def restore_latest(managers: Sequence[ocp.CheckpointManager],
+                   targets: Sequence[Any]) -> list[tuple[Any, dict]] | None:
+  """The newest step that every manager holds and reads back, restored from each (into
+  the matching target); None if there is none. An unreadable checkpoint is moved aside to
+  `checkpoints/corrupt-N` with a warning. Steps newer than the one restored (a save that
+  a kill cut short in some managers) are deleted: training recomputes them as they were."""
+  while True:
+    common = set.intersection(*(set(m.all_steps()) for m in managers))
+    if not common:
+      return None
+    step, restored = max(common), []
+    for manager, target in zip(managers, targets):
+      try:
+        restored.append(restore(manager, step, target))
+      except Exception as e:  # pylint: disable=broad-except  (tensorstore raises many kinds)
+        path = pathlib.Path(manager.directory) / str(step)
+        logging.warning('Checkpoint %s cannot be read (%s: %s); moving it aside to corrupt-%d '
+                        'and using the previous one.', path, type(e).__name__, str(e)[:300], step)
+        if jax.process_index() == 0:
+          path.rename(path.with_name(f'corrupt-{step}'))
+        manager.reload()
+        break
+    else:
+      for manager in managers:
+        for newer in (s for s in manager.all_steps() if s > step):
+          logging.warning('Deleting checkpoint %d of %s, newer than the others of its stack.', newer,
+                          manager.directory)
+          manager.delete(newer)
+      return restored

@@ -37,6 +37,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f'a positive multiple of the device count ({n})')
   if not config.dataset.manual_dir:
     need(config.dataset.synthetic_pairs >= 25, 'dataset.synthetic_pairs', '>= 25 (fewer leave a split empty)')
+    need(0 <= config.dataset.synthetic_difficulty <= 1, 'dataset.synthetic_difficulty', 'in [0, 1]')
+  one_of('search', ('grid', 'random', 'halving', 'bayesian'))
+  need(config.num_trials >= 1, 'num_trials', '>= 1')
+  need(config.seeds >= 1, 'seeds', '>= 1')
+  need(config.bayesian_batch >= 1, 'bayesian_batch', '>= 1')
+  need(config.halving.factor >= 2, 'halving.factor', '>= 2')
+  need(1 <= config.halving.min_epochs <= config.num_epochs, 'halving.min_epochs', f'in [1, num_epochs={config.num_epochs}]')
+  need(config.halving.brackets >= 1, 'halving.brackets', '>= 1')
+  stopping = config.early_stopping
+  one_of('early_stopping.monitor', ('', 'val_loss', 'val_accuracy', 'train_loss', 'train_accuracy'))
+  one_of('early_stopping.mode', ('auto', 'min', 'max'))
+  need(stopping.patience >= 0 and stopping.min_delta >= 0 and stopping.start_from_epoch >= 0,
+       'early_stopping.patience', '>= 0, as min_delta and start_from_epoch')
   one_of('speed.kernels', ('auto', 'xla', 'cpu'))
   need(config.speed.steps_per_call >= 1, 'speed.steps_per_call', '>= 1')
   need(config.speed.predict_chunk >= 0, 'speed.predict_chunk', '>= 0 (0: the whole batch)')

@@ -27,6 +27,7 @@ from comicface import errors
 from comicface import imaging
 from comicface import input_pipeline
 from comicface import report
+from comicface import stats
 from comicface import steps as steps_lib
 from comicface import train
 from comicface import workdir as workdirs
@@ -45,12 +46,13 @@ def trained_run(workdir: str) -> tuple[str, ml_collections.ConfigDict, str | Non
   config = workdirs.recorded_config(workdir)
   if not config.grid:
     return workdir, config, None
-  final = pathlib.Path(workdir) / 'final'
   results = pathlib.Path(workdir) / 'results.json'
   if not results.exists():
-    raise NoCheckpointError(f'{workdir} holds a search whose winner is not retrained yet: rerun its '
-                            'training command (the same, without --mode) to finish it.')
-  return str(final), workdirs.recorded_config(str(final)), json.loads(results.read_text())['winner']
+    raise NoCheckpointError(f'{workdir} holds a search that has not finished: rerun its training command '
+                            '(the same, without --mode) to finish it.')
+  results = json.loads(results.read_text())
+  folder = str(pathlib.Path(workdir) / results['model_folder'])
+  return folder, workdirs.recorded_config(folder), results['winner']
 
 
 def load(workdir: str, config: ml_collections.ConfigDict | None = None, step: int | None = None) -> Model:
@@ -160,7 +162,7 @@ class Model:
     n, wrong = int(matrix.sum()), int(matrix.sum() - np.trace(matrix))
     results = {'data': data or 'own', 'data_dir': str(builder.data_dir), 'split': split, 'step': self.step,
                'trial': self.trial, 'num_examples': n, 'accuracy': metrics['eval_accuracy'],
-               'loss': metrics['eval_loss'], 'accuracy_95ci': list(report.wilson_interval(n - wrong, n)),
+               'loss': metrics['eval_loss'], 'accuracy_95ci': list(stats.wilson_interval(n - wrong, n)),
                'errors': wrong, 'classes': list(self.classes), 'confusion': matrix.tolist()}
     if jax.process_index() == 0:
       out = pathlib.Path(self.workdir) / 'evaluations'

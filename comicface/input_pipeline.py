@@ -49,8 +49,9 @@ def source_dirs(ds: ml_collections.ConfigDict, workdir: str) -> tuple[pathlib.Pa
   if ds.manual_dir:
     return pathlib.Path(ds.manual_dir).expanduser(), ds.data_dir or None, False
   # The stand-in and its build live together, one folder per generator setting.
+  hard = f'_difficulty{ds.synthetic_difficulty:g}' if ds.synthetic_difficulty else ''
   root = pathlib.Path(workdir).absolute() / (
-      f'standin_{ds.synthetic_pairs}x{ds.synthetic_size}_seed{ds.synthetic_seed}')
+      f'standin_{ds.synthetic_pairs}x{ds.synthetic_size}_seed{ds.synthetic_seed}{hard}')
   return root, ds.data_dir or str(root / 'tfds'), True
 
 
@@ -71,7 +72,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tfds.core.Datase
                         'STAND-IN\n  (%d synthetic pairs in %s), not on the Kaggle data.\n' + '*' * 72,
                         ds.synthetic_pairs, manual_dir)
         if not (manual_dir / synthetic.V2_INNER / 'comics' / f'{ds.synthetic_pairs - 1}.jpg').exists():
-          synthetic.write_dataset(manual_dir, ds.synthetic_pairs, ds.synthetic_size, ds.synthetic_seed)
+          synthetic.write_dataset(manual_dir, ds.synthetic_pairs, ds.synthetic_size, ds.synthetic_seed,
+                                  difficulty=ds.synthetic_difficulty)
       builder = _build(ds, manual_dir, data_dir)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'comicface dataset prepared, turn {turn}')

@@ -10,15 +10,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-  """95% Wilson score interval of a proportion k/n (sensible at 0 or n errors)."""
-  if n == 0:
-    return (0.0, 1.0)
-  p = k / n
-  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-  return (max(0.0, centre - half), min(1.0, centre + half))
-
+from comicface import stats
 
 def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
   """[true, predicted] counts."""
@@ -92,6 +84,53 @@ def _grid_png(trials: Sequence[dict], axes_names: Sequence[str], path: pathlib.P
   plt.close(fig)
 
 
+def _trials_png(trials: Sequence[dict], path: pathlib.Path) -> None:
+  """Validation accuracy of every trial, best first, with its spread over seeds."""
+  ranked = sorted(trials, key=lambda t: (-t['val_accuracy'], t['val_loss']))
+  fig, ax = plt.subplots(figsize=(7, 0.8 + 0.25 * len(ranked)))
+  ax.barh(range(len(ranked)), [t['val_accuracy'] for t in ranked],
+          xerr=[t['val_accuracy_std'] for t in ranked], color='tab:blue')
+  ax.set_yticks(range(len(ranked)))
+  ax.set_yticklabels([t['trial'] for t in ranked], fontsize=7)
+  ax.invert_yaxis()
+  low = min(t['val_accuracy'] for t in ranked)
+  ax.set(xlim=(max(0.0, low - 0.05), 1.0), xlabel='validation accuracy (best epoch)', title='trials')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _search_section(results: dict[str, Any], trials: Sequence[dict], axes_names: Sequence[str],
+                    out: pathlib.Path) -> list[str]:
+  """The search's part of the report: winner, budget spent, rungs, the trials, the paired test."""
+  config = results['config']
+  chosen = ', '.join(f'{k}={v}' for k, v in results['chosen'].items())
+  retrained = (f'retrained on {"+".join(config["retrain_splits"])}' if config['retrain_splits']
+               else 'tested as trained, not retrained')
+  lines = [f'## Search: {results["search"]}', '',
+           f'Winner: {chosen}, {results["best_epoch"]} epochs ({retrained}). '
+           f'{len(trials)} trials, {results["trial_epochs"]} trial-epochs'
+           + (f', {results["seeds"]} seeds each ({results["model_epochs"]} model-epochs)' if results['seeds'] > 1
+              else '') + '.', '']
+  if results['comparison']:
+    lines += [f'Against the runner-up: {results["comparison"]["verdict"]}.', '']
+  if results['rungs']:
+    lines += ['Rungs (trials ranked at each, best first):', '',
+              _table([{'bracket': r['bracket'], 'epochs': r['epochs'], 'trials': len(r['trials']),
+                       'survivors': ', '.join(r['survivors'])} for r in results['rungs']],
+                     ['bracket', 'epochs', 'trials', 'survivors']), '']
+  ranked = sorted(trials, key=lambda t: (-t['val_accuracy'], t['val_loss'], t['best_epoch']))
+  columns = ['trial', *axes_names, 'best_epoch', 'val_accuracy', *(['val_accuracy_std'] if results['seeds'] > 1
+                                                                  else []), 'val_loss', 'epochs_trained']
+  if results['search'] == 'grid':
+    _grid_png(trials, axes_names, out / 'grid.png')
+    figure = '![grid](grid.png)'
+  else:
+    _trials_png(trials, out / 'trials.png')
+    figure = '![trials](trials.png)'
+  return lines + [_table(ranked, columns), '', figure, '']
+
+
 def _table(rows: Sequence[dict], columns: Sequence[str]) -> str:
   fmt = lambda v: f'{v:.4f}' if isinstance(v, float) else str(v)
   lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
@@ -110,7 +149,7 @@ def write(workdir: str, results: dict[str, Any], split: Any, probs: np.ndarray, 
   labels, predicted = split.labels(), probs.argmax(-1)
   m = confusion(labels, predicted, len(classes))
   n, errors = int(m.sum()), int(m.sum() - np.trace(m))
-  lo, hi = wilson_interval(n - errors, n)
+  lo, hi = stats.wilson_interval(n - errors, n)
   wrong = [i for i in np.flatnonzero(predicted != labels)][:32]
   records = [split.record(i) for i in wrong]
   _misclassified_png([r['image'] for r in records],
@@ -124,13 +163,7 @@ def write(workdir: str, results: dict[str, Any], split: Any, probs: np.ndarray, 
            f'Checkpoint tested: epoch {results["best_epoch"]} (validation accuracy '
            f'{results["best_val_accuracy"]:.4f}, loss {results["best_val_loss"]:.4f}).', '']
   if trials:
-    _grid_png(trials, axes_names, out / 'grid.png')
-    chosen = ', '.join(f'{k}={v}' for k, v in results['chosen'].items())
-    ranked = sorted(trials, key=lambda t: (-t['val_accuracy'], t['val_loss'], t['best_epoch']))
-    lines += ['## Grid', '', f'Winner: {chosen}, {results["best_epoch"]} epochs '
-              f'(retrained on {"+".join(results["config"]["retrain_splits"])}).', '',
-              _table(ranked, ['trial', *axes_names, 'best_epoch', 'val_accuracy', 'val_loss']), '',
-              '![grid](grid.png)', '']
+    lines += _search_section(results, trials, axes_names, out)
   lines += ['## Curves', '', _table(results['history'], list(results['history'][0])), '',
             '![curves](curves.png)', '', '## Test confusion (rows: true, columns: predicted)', '',
             _table([{'': classes[i], **{c: int(m[i, j]) for j, c in enumerate(classes)}}

@@ -1,15 +1,27 @@
-"""A hyper-parameter search: train its trials, select on validation, retrain the winner,
-test it once, and report. The trials come from `config.grid` (search_space.py).
+"""A hyper-parameter search over `config.grid` (search_space.py), of kind `config.search`:
 
-Trials that differ only in values can be stacked and trained as one vmapped run
-(`config.grid_parallel`); runs equal in their static config share compiled steps.
+  grid      every combination of the axes' values;
+  random    `config.num_trials` draws (values, and ranges);
+  halving   successive halving, or Hyperband with `config.halving.brackets` > 1: rungs in
+            epochs, a reduction `factor`; at each rung the losers leave their stack and the
+            survivors go on with their own parameters and optimizer state;
+  bayesian  TPE through Optuna's ask-and-tell (`pip install comicface[search]`),
+            `config.bayesian_batch` trials asked at once and trained as one stack.
+
+Each trial trains `config.seeds` initialisations in one stack, on the same batches, and
+may stop early (`config.early_stopping`). Trials keep their checkpoints and history in
+`trials/NAME/`, so every step of a search resumes, and raising its budget (trials,
+epochs) continues it. The best (trial, epoch) on validation wins; it is retrained on
+`config.retrain_splits` (or, with none, tested as trained), tested once, and reported
+beside a paired test against the runner-up.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -17,15 +29,18 @@ import ml_collections
 import numpy as np
 
 from comicface import actions
+from comicface import errors
 from comicface import input_pipeline
 from comicface import logs
 from comicface import report
 from comicface import search_space
+from comicface import stats
 from comicface import steps as steps_lib
 from comicface import train
 from comicface import workdir as workdirs
 
 Trial = search_space.Trial
+KINDS = ('grid', 'random', 'halving', 'bayesian')
 
 
 def resolve_mode(config: ml_collections.ConfigDict) -> str:
@@ -56,97 +71,278 @@ class SharedSteps:
   def __init__(self):
     self._steps: dict[tuple, steps_lib.Steps] = {}
 
-  def get(self, config: ml_collections.ConfigDict, task: input_pipeline.Task, trials: int,
-          stacked: bool) -> steps_lib.Steps:
-    mesh = steps_lib.make_mesh(trials)
-    key = (steps_lib.static_config(config), task, mesh, stacked)
+  def get(self, config: ml_collections.ConfigDict, task: input_pipeline.Task, members: int) -> steps_lib.Steps:
+    mesh = steps_lib.make_mesh(members)
+    key = (steps_lib.static_config(config), task, mesh, members > 1)
     if key not in self._steps:
-      self._steps[key] = steps_lib.Steps(key[0], len(task.classes), task.image_shape, mesh, stacked)
+      self._steps[key] = steps_lib.Steps(key[0], len(task.classes), task.image_shape, mesh, members > 1)
     return self._steps[key]
 
 
-def _trial_dir(root: pathlib.Path, t: Trial) -> pathlib.Path:
-  return root / 'trials' / t.name
+@dataclasses.dataclass
+class Search:
+  """The trials a search has made, training them, and what they did (`trials/NAME/trial.json`)."""
+  config: ml_collections.ConfigDict  # with the search's shared data source
+  root: pathlib.Path
+  task: input_pipeline.Task
+  mode: str
+  shared: SharedSteps = dataclasses.field(default_factory=SharedSteps)
+  trials: dict[str, Trial] = dataclasses.field(default_factory=dict)
+  rungs: list[dict] = dataclasses.field(default_factory=list)
+
+  def folder(self, t: Trial) -> pathlib.Path:
+    return self.root / 'trials' / t.name
+
+  def record(self, t: Trial) -> dict:
+    path = self.folder(t) / 'trial.json'
+    return json.loads(path.read_text()) if path.exists() else {'history': [], 'stopped': False}
+
+  def done(self, t: Trial, epochs: int) -> bool:
+    record = self.record(t)
+    return record['stopped'] or len(record['history']) >= epochs
+
+  def members(self, t: Trial) -> list[train.Member]:
+    seeds = self.config.seeds
+    return [train.Member(t.name if seeds == 1 else f'{t.name}/seed_{r}',
+                         str(self.folder(t) if seeds == 1 else self.folder(t) / f'seed_{r}'), t.config,
+                         init_index=r, trial=t.name) for r in range(seeds)]
+
+  def train(self, trials: list[Trial], epochs: int) -> None:
+    """Trains each of `trials` up to `epochs` epochs; those there already (or stopped) are
+    left as they are. Raises actions.Preempted once a checkpoint is saved."""
+    self.trials.update((t.name, t) for t in trials)
+    todo = [t for t in trials if not self.done(t, epochs)]
+    by_start: dict[int, list[Trial]] = {}
+    for t in todo:  # a stack trains members at one epoch
+      by_start.setdefault(len(self.record(t)['history']), []).append(t)
+    for _, starting in sorted(by_start.items()):
+      for group in search_space.groups(starting, self.mode):
+        self._train_group(group, epochs)
+
+  def _train_group(self, group: list[Trial], epochs: int) -> None:
+    members = [m for t in group for m in self.members(t)]
+    for member in members:
+      workdirs.claim(member.config, member.folder)  # its folder restores on its own (inference.load)
+    restack = lambda n: self.shared.get(group[0].config, self.task, n)
+    run = train.setup(group[0].config, str(self.root), members, restack(len(members)), restack)
+    try:
+      finished = train.fit(run, actions.standard(run, stop_on_nonfinite=False), until_epoch=epochs)
+    finally:
+      run.close()
+    if not finished:
+      raise actions.Preempted
+    if jax.process_index() == 0:
+      for t in group:
+        self._write_record(t, [m for m in members if m.trial == t.name], run.validation.num_examples)
+
+  def _write_record(self, t: Trial, members: list[train.Member], num_val_examples: int) -> None:
+    history = steps_lib.mean_records([m.history for m in members])
+    record = {'name': t.name, 'values': t.values, 'history': history, 'stopped': any(m.stopped for m in members),
+              'num_val_examples': num_val_examples,
+              'members': [{'name': m.name, 'history': m.history, 'val_correct': m.correct} for m in members]}
+    folder = self.folder(t)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / 'trial.json.tmp'
+    tmp.write_text(json.dumps(record))
+    tmp.replace(folder / 'trial.json')
+    best = select({t.name: history}, epochs_allowed(self.config))[1]
+    writer = logs.Writer(str(folder), t.config)
+    writer.hparams({k.split('.')[-1]: v for k, v in t.values.items()},
+                   {'hparam/val_accuracy': best['val_accuracy'], 'hparam/best_epoch': best['epoch']})
+    writer.close()
+
+  def histories(self) -> dict[str, list[dict]]:
+    return {name: self.record(t)['history'] for name, t in self.trials.items()}
+
+  @property
+  def max_epochs(self) -> int:
+    """What each trial trains for at most: the largest epoch count to read off."""
+    return max(epochs_allowed(self.config))
+
+  def best(self, t: Trial, up_to: int | None = None) -> dict:
+    """The trial's best record over the allowed epochs (up to `up_to`)."""
+    allowed = [e for e in epochs_allowed(self.config) if up_to is None or e <= up_to] or [up_to]
+    return select({t.name: self.record(t)['history']}, allowed)[1]
 
 
-def run_group(group: list[Trial], root: pathlib.Path, mode: str, epochs: list[int],
-              shared: SharedSteps, task: input_pipeline.Task) -> bool:
-  """Trains one group of trials (resuming it), then writes each `trial.json`.
+def epochs_allowed(config: ml_collections.ConfigDict) -> list[int]:
+  return search_space.epochs_to_read(config)
 
-  Returns False if preempted (a checkpoint was saved; the rerun resumes the group).
-  """
-  dirs = [_trial_dir(root, t) for t in group]
-  stacked = mode == 'stacked'
-  if stacked:
-    run_dir = root / 'groups' / group[0].name
-  else:
-    run_dir = dirs[0]
-    workdirs.claim(group[0].config, str(run_dir))
-  steps = shared.get(group[0].config, task, len(group), stacked)
-  run = train.setup(group[0].config, str(run_dir), [t.config for t in group] if stacked else (),
-                    [t.name for t in group] if stacked else (), steps=steps)
+
+def _candidates(config: ml_collections.ConfigDict) -> list[Trial]:
+  """The grid's trials, or `config.num_trials` draws where the space has ranges."""
+  if search_space.has_ranges(config):
+    return [search_space.draw(config, i) for i in range(config.num_trials)]
+  return search_space.expand(config)[0]
+
+
+def grid(search: Search) -> None:
+  search.train(search_space.expand(search.config)[0], search.max_epochs)
+
+
+def random(search: Search) -> None:
+  search.train([search_space.draw(search.config, i) for i in range(search.config.num_trials)], search.max_epochs)
+
+
+def rung_epochs(max_epochs: int, min_epochs: int, factor: int) -> list[int]:
+  """The epochs at which successive halving compares its trials: the largest number of
+  rungs K with min_epochs * factor^K <= max_epochs, spaced by `factor` down from max_epochs."""
+  k = max(0, math.floor(math.log(max_epochs / min_epochs) / math.log(factor) + 1e-9))
+  return [max(1, round(max_epochs / factor ** (k - i))) for i in range(k + 1)]
+
+
+def halving(search: Search) -> None:
+  """Successive halving of the candidates (one bracket), or Hyperband's brackets: bracket
+  b starts its n_b draws at the rungs of s = s_max - b."""
+  c = search.config
+  h = c.halving
+  full = rung_epochs(search.max_epochs, h.min_epochs, h.factor)
+  for bracket in range(h.brackets):
+    s = len(full) - 1 - bracket
+    if s < 0:
+      break
+    rungs = full[bracket:]
+    if h.brackets == 1:
+      alive = _candidates(c)
+    else:  # Hyperband: n_s = ceil((s_max + 1) / (s + 1) * factor^s) draws of its own
+      n = math.ceil(len(full) / (s + 1) * h.factor ** s)
+      alive = [search_space.draw(c, 1000 * (bracket + 1) + i, stream=bracket + 1) for i in range(n)]
+    for i, epochs in enumerate(rungs):
+      search.train(alive, epochs)
+      ranked = sorted(alive, key=lambda t: _rank(search.best(t, epochs)))
+      keep = len(ranked) if i == len(rungs) - 1 else max(1, len(ranked) // h.factor)
+      search.rungs.append({'bracket': bracket, 'epochs': epochs, 'trials': [t.name for t in ranked],
+                           'survivors': [t.name for t in ranked[:keep]]})
+      alive = ranked[:keep]
+
+
+def _optuna():
   try:
-    finished = train.fit(run, actions.standard(run, [str(d) for d in dirs], stop_on_nonfinite=False))
-  finally:
-    run.manager.close()
-  if not finished:
-    return False
-  if jax.process_index() == 0:
-    for t, d, history in zip(group, dirs, run.histories):
-      d.mkdir(parents=True, exist_ok=True)
-      (d / 'trial.json').write_text(json.dumps({'name': t.name, 'values': t.values, 'history': history}))
-      best = select({t.name: history}, epochs)[1]
-      writer = logs.Writer(str(d), t.config)
-      writer.hparams({k.split('.')[-1]: v for k, v in t.values.items()},
-                     {'hparam/val_accuracy': best['val_accuracy'], 'hparam/best_epoch': best['epoch']})
-      writer.close()
-  return True
+    import optuna  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise errors.ConfigError("config.search='bayesian' needs Optuna: pip install 'comicface[search]' "
+                             "(or pip install optuna).") from None
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  return optuna
 
 
-def train_trials(trials: list[Trial], root: pathlib.Path, mode: str, epochs: list[int],
-                 shared: SharedSteps, task: input_pipeline.Task) -> bool:
-  """Trains every unfinished trial, group by group; False if preempted."""
-  for group in search_space.groups(trials, mode):
-    if all((_trial_dir(root, t) / 'trial.json').exists() for t in group):
-      logging.info('Skipping finished trial(s) %s.', [t.name for t in group])
-      continue
-    if not run_group(group, root, mode, epochs, shared, task):
-      return False
-  return True
+def bayesian(search: Search) -> None:
+  """TPE over the space, `config.bayesian_batch` trials a batch. Batch b's sampler is seeded
+  with (seed, b) and told every earlier trial's best validation accuracy, so that the same
+  config asks the same trials, and a resumed search asks what the first one did."""
+  optuna = _optuna()
+  c = search.config
+  space = {k: v for k, v in search_space.axes(c).items() if k != search_space.EPOCHS}
+
+  def distribution(v):
+    if isinstance(v, search_space.Range):
+      if v.kind == 'int_uniform':
+        return optuna.distributions.IntDistribution(int(v.low), int(v.high))
+      return optuna.distributions.FloatDistribution(v.low, v.high, log=v.kind == 'log_uniform')
+    return optuna.distributions.CategoricalDistribution(list(v))
+  distributions = {k: distribution(v) for k, v in space.items()}
+  asked: list[Trial] = []
+  for batch in range(math.ceil(c.num_trials / c.bayesian_batch)):
+    sampler = optuna.samplers.TPESampler(seed=int(np.random.SeedSequence([c.seed, batch]).generate_state(1)[0]),
+                                         constant_liar=True, n_startup_trials=c.bayesian_batch)
+    study = optuna.create_study(direction='maximize', sampler=sampler)
+    for t in asked:
+      study.add_trial(optuna.trial.create_trial(params=t.values, distributions=distributions,
+                                                value=search.best(t)['val_accuracy']))
+    batch_trials = [search_space.trial(c, i, study.ask(distributions).params, search.max_epochs)
+                    for i in range(batch * c.bayesian_batch, min(c.num_trials, (batch + 1) * c.bayesian_batch))]
+    search.train(batch_trials, search.max_epochs)
+    asked += batch_trials
 
 
-def retrain(config: ml_collections.ConfigDict, winner: Trial, record: dict, root: pathlib.Path,
-            shared: SharedSteps, task: input_pipeline.Task) -> dict[str, Any] | None:
-  """Retrains the winner on `config.retrain_splits` for its best epoch count and tests it,
-  in `root/final`; None if preempted."""
+PLANS: dict[str, Callable[[Search], None]] = {'grid': grid, 'random': random, 'halving': halving,
+                                              'bayesian': bayesian}
+
+
+def compare(search: Search, winner: Trial, runner_up: Trial) -> dict[str, Any]:
+  """McNemar's exact test of the winner against the runner-up, each at its best epoch, on
+  the same validation examples (one test per seed)."""
+  n = search.record(winner)['num_val_examples']
+  tests = []
+  for a, b in zip(search.record(winner)['members'], search.record(runner_up)['members']):
+    right = [stats.unpack(m['val_correct'][search.best(t)['epoch'] - 1], n)
+             for m, t in ((a, winner), (b, runner_up))]
+    tests.append(stats.paired(*right))
+  p = tests[0]['p_value']
+  verdict = (f'the search cannot tell {winner.name} from {runner_up.name}: p = {p:.3g} on {n} validation '
+             'images (McNemar, exact); either is as good a choice' if p >= 0.05 else
+             f'{winner.name} beats {runner_up.name} on validation: p = {p:.3g} on {n} images (McNemar, exact)')
+  return {'runner_up': runner_up.name, 'tests': tests, 'p_value': p, 'verdict': verdict}
+
+
+def final_model(search: Search, winner: Trial, record: dict) -> tuple[dict[str, Any], str] | None:
+  """The tested model: the winner retrained on `config.retrain_splits` for its best epoch
+  count in `final/` (or, with no retrain splits, its own best checkpoint); its test results
+  and folder, relative to the search's root. None if preempted."""
+  c, root = search.config, search.root
+  if not c.retrain_splits:
+    folder = search.members(winner)[0].folder
+    run = train.setup(winner.config, str(root), search.members(winner)[:1])
+    try:
+      step = run.members[0].manager.best_step()
+      test_record, split, probs = train.test(run, step)
+    finally:
+      run.close()
+    if jax.process_index() == 0:
+      np.save(pathlib.Path(folder) / 'test_predictions.npy', probs)
+    return test_record, str(pathlib.Path(folder).relative_to(root))
   final = ml_collections.ConfigDict(winner.config.to_dict())
   final.num_epochs = record['epoch']
-  final.train_splits = tuple(config.retrain_splits)
+  final.train_splits = tuple(c.retrain_splits)
   final.test_checkpoint = 'last'
+  final.early_stopping.monitor = ''  # the epoch count is chosen: train for it
+  folder = root / 'final'
+  try:
+    workdirs.check(final, str(folder))
+  except workdirs.WorkdirConflictError:  # another winner, since the budget was raised
+    aside = next(folder.with_name(f'final-{i}') for i in range(1, 1000) if not folder.with_name(f'final-{i}').exists())
+    logging.warning('The winner changed: moving the previous retrained winner to %s.', aside)
+    if jax.process_index() == 0:
+      folder.rename(aside)
   logging.info('Winner %s at epoch %d (val accuracy %.4f); retraining on %s.', winner.name,
                record['epoch'], record['val_accuracy'], '+'.join(final.train_splits))
-  return train.train_and_evaluate(final, str(root / 'final'), steps=shared.get(final, task, 1, False))
+  results = train.train_and_evaluate(final, str(folder), steps=search.shared.get(final, search.task, 1))
+  return results and ({k: results[k] for k in ('test_accuracy', 'test_loss', 'num_test_examples')}, 'final')
 
 
-def write_results(config: ml_collections.ConfigDict, root: pathlib.Path, trials: list[Trial],
-                  histories: dict[str, list[dict]], epochs: list[int], winner: Trial, record: dict,
-                  final_results: dict[str, Any], mode: str) -> dict[str, Any]:
+def budget(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """What raising continues a search."""
+  return {'num_trials': config.num_trials, 'epochs': max(epochs_allowed(config))}
+
+
+def write_results(search: Search, config: ml_collections.ConfigDict, winner: Trial, record: dict,
+                  tested: dict[str, Any], model_folder: str) -> dict[str, Any]:
   """`results.json` and the report of a finished search (process 0 writes them)."""
+  histories = search.histories()
   table = []
-  for t in trials:
-    r = select({t.name: histories[t.name]}, epochs)[1]
-    table.append({'trial': t.name, **t.values, 'best_epoch': r['epoch'],
-                  'val_accuracy': r['val_accuracy'], 'val_loss': r['val_loss']})
-  results = {key: final_results[key] for key in ('test_accuracy', 'test_loss', 'num_test_examples')}
-  results.update(chosen=winner.values, best_epoch=record['epoch'], best_val_accuracy=record['val_accuracy'],
-                 best_val_loss=record['val_loss'], winner=winner.name, trials=table, grid_parallel=mode,
-                 history=histories[winner.name], config=config.to_dict())
+  for name, t in search.trials.items():
+    r = search.best(t)
+    members = search.record(t)['members']
+    accuracies = [next(h for h in m['history'] if h['epoch'] == r['epoch'])['val_accuracy'] for m in members]
+    table.append({'trial': name, **t.values, 'best_epoch': r['epoch'], 'val_accuracy': r['val_accuracy'],
+                  'val_accuracy_std': float(np.std(accuracies)), 'val_loss': r['val_loss'],
+                  'epochs_trained': len(histories[name]), 'stopped_early': search.record(t)['stopped']})
+  ranked = sorted(search.trials.values(), key=lambda t: _rank(search.best(t)))
+  epochs_spent = sum(len(h) for h in histories.values())
+  results = {**tested, 'search': config.search, 'chosen': winner.values, 'best_epoch': record['epoch'],
+             'best_val_accuracy': record['val_accuracy'], 'best_val_loss': record['val_loss'],
+             'winner': winner.name, 'model_folder': model_folder, 'trials': table, 'rungs': search.rungs,
+             'trial_epochs': epochs_spent, 'model_epochs': epochs_spent * config.seeds, 'seeds': config.seeds,
+             'comparison': compare(search, ranked[0], ranked[1]) if len(ranked) > 1 else None,
+             'grid_parallel': search.mode, 'budget': budget(config), 'history': histories[winner.name],
+             'config': config.to_dict()}
   if jax.process_index() == 0:
+    root = search.root
     (root / 'results.json').write_text(json.dumps(results, indent=2))
-    final = root / 'final'
-    builder = input_pipeline.prepare(workdirs.recorded_config(str(final)), str(final))  # built: only checked
+    folder = root / model_folder
+    builder = input_pipeline.prepare(search.config, str(root))  # built: only checked
     test = input_pipeline.open_split(builder, 'test', config.batch_size, config.dataset.split_scheme)
-    report.write(str(root), results, test, np.load(final / 'test_predictions.npy'), train.read_task(str(final)).classes,
+    report.write(str(root), results, test, np.load(folder / 'test_predictions.npy'), search.task.classes,
                  table, [k for k in search_space.axes(config) if k != search_space.EPOCHS])
   return results
 
@@ -171,24 +367,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
     workdirs.claim(config, workdir)
     root = pathlib.Path(workdir)
     if (root / 'results.json').exists():
-      return json.loads((root / 'results.json').read_text())
+      results = json.loads((root / 'results.json').read_text())
+      if results.get('budget') == budget(config):
+        return results
+      logging.info('%s: the budget was raised from %s to %s; continuing the search.', workdir,
+                   results.get('budget'), budget(config))
     data_config = _one_dataset(config, workdir)
     task = input_pipeline.Task.of(input_pipeline.prepare(data_config, workdir))
-    trials, epochs = search_space.expand(data_config)
-    mode = resolve_mode(config)
-    logging.info('Grid: %d trials, epochs %s, %s.', len(trials), epochs, mode)
-    shared = SharedSteps()
-    if not train_trials(trials, root, mode, epochs, shared, task):
-      return _preempted()
-    histories = {t.name: json.loads((_trial_dir(root, t) / 'trial.json').read_text())['history']
-                 for t in trials}
-    name, record = select(histories, epochs)
-    winner = next(t for t in trials if t.name == name)
-    final_results = retrain(config, winner, record, root, shared, task)
-    if final_results is None:
-      return _preempted()
-    return write_results(config, root, trials, histories, epochs, winner, record, final_results, mode)
-
-
-def _preempted() -> None:
-  logging.warning('Preempted: checkpoint saved; rerun the same command to resume.')
+    search = Search(data_config, root, task, resolve_mode(config))
+    logging.info('Search %s over %s, epochs %s, %s.', config.search, list(search_space.axes(config)),
+                 epochs_allowed(config), search.mode)
+    try:
+      PLANS[config.search](search)
+      name, record = select(search.histories(), epochs_allowed(config))
+      winner = search.trials[name]
+      tested = final_model(search, winner, record)
+    except actions.Preempted:
+      tested = None
+    if tested is None:
+      logging.warning('Preempted: checkpoint saved; rerun the same command to resume.')
+      return None
+    return write_results(search, config, winner, record, *tested)

@@ -1,7 +1,8 @@
 """The trials of a search: `config.grid` mirrors the config, one axis per field.
 
-    grid.model.filters_1 = (100, 200)     values (a grid axis; a choice for random search)
-    grid.learning_rate = (1e-2, 1e-3)
+    grid.model.filters_1 = (100, 200)     values: a grid axis, a choice for random draws
+    grid.learning_rate = 'log_uniform(1e-4, 1e-1)'   a range, for random draws (and TPE):
+                                          'uniform(a, b)', 'log_uniform(a, b)', 'int_uniform(a, b)'
     grid.num_epochs = (1, 3, 5)           epoch counts, read off each trial's validation curve
 
 A trial is the config with one value per axis. Trials that differ only in values
@@ -11,9 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
+import re
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from comicface import configuration
 from comicface import errors
@@ -29,14 +33,45 @@ class Trial:
   config: ml_collections.ConfigDict
 
 
-def axes(config: ml_collections.ConfigDict) -> dict[str, tuple]:
-  """`config.grid` flattened to dotted keys, in the order written."""
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """A range to draw values from: 'uniform', 'log_uniform' or 'int_uniform' (both ends in)."""
+  kind: str
+  low: float
+  high: float
+
+  def draw(self, rng: np.random.Generator) -> float | int:
+    if self.kind == 'int_uniform':
+      return int(rng.integers(int(self.low), int(self.high) + 1))
+    if self.kind == 'log_uniform':
+      return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+    return float(rng.uniform(self.low, self.high))
+
+
+_RANGE = re.compile(r'\s*(uniform|log_uniform|int_uniform)\(\s*([^,\s]+)\s*,\s*([^)\s]+)\s*\)\s*$')
+
+
+def _axis(dotted: str, spec: Any) -> tuple | Range:
+  if isinstance(spec, str) and '(' in spec:
+    match = _RANGE.match(spec)
+    if not match:
+      raise errors.ConfigError(f"config.grid.{dotted}={spec!r} is invalid: a range is 'uniform(a, b)', "
+                               "'log_uniform(a, b)' or 'int_uniform(a, b)'.")
+    kind, low, high = match.group(1), float(match.group(2)), float(match.group(3))
+    if not low < high or (kind == 'log_uniform' and low <= 0):
+      raise errors.ConfigError(f'config.grid.{dotted}={spec!r} is invalid: needs low < high (and > 0 for log).')
+    return Range(kind, low, high)
+  return tuple(spec) if isinstance(spec, (list, tuple)) else (spec,)
+
+
+def axes(config: ml_collections.ConfigDict) -> dict[str, tuple | Range]:
+  """`config.grid` flattened to dotted keys, in the order written: values or a Range."""
   def flat(d, prefix=''):
     for k, v in d.items():
       if isinstance(v, (dict, ml_collections.ConfigDict)):
         yield from flat(v, f'{prefix}{k}.')
       else:
-        yield f'{prefix}{k}', tuple(v) if isinstance(v, (list, tuple)) else (v,)
+        yield f'{prefix}{k}', _axis(f'{prefix}{k}', v)
   return dict(flat(config.grid))
 
 
@@ -57,7 +92,8 @@ def trial(config: ml_collections.ConfigDict, index: int, values: dict[str, Any],
   c.num_epochs = epochs
   c.grid = ml_collections.ConfigDict()
   configuration.validate(c)
-  name = f'{index:03d}_' + '_'.join(f'{k.split(".")[-1]}={v}' for k, v in values.items())
+  shown = lambda v: f'{v:.4g}' if isinstance(v, float) else str(v)
+  name = f'{index:03d}_' + '_'.join(f'{k.split(".")[-1]}={shown(v)}' for k, v in values.items())
   return Trial(name, values, c)
 
 
@@ -66,12 +102,34 @@ def epochs_to_read(config: ml_collections.ConfigDict) -> list[int]:
   return sorted(int(e) for e in axes(config).get(EPOCHS, ())) or list(range(1, config.num_epochs + 1))
 
 
+def _space(config: ml_collections.ConfigDict) -> dict[str, tuple | Range]:
+  return {k: v for k, v in axes(config).items() if k != EPOCHS}
+
+
+def has_ranges(config: ml_collections.ConfigDict) -> bool:
+  return any(isinstance(v, Range) for v in _space(config).values())
+
+
 def expand(config: ml_collections.ConfigDict) -> tuple[list[Trial], list[int]]:
   """The grid's trials (the product of its axes) and the epoch counts to read off."""
-  grid = {k: v for k, v in axes(config).items() if k != EPOCHS}
+  space = _space(config)
+  ranged = [k for k, v in space.items() if isinstance(v, Range)]
+  if ranged:
+    raise errors.ConfigError(f'config.grid.{ranged[0]} is a range, which a grid cannot enumerate: give values, '
+                             "or draw from it with config.search='random' (or 'halving', 'bayesian').")
   epochs = epochs_to_read(config)
-  return [trial(config, i, dict(zip(grid, combo)), max(epochs))
-          for i, combo in enumerate(itertools.product(*grid.values()))], epochs
+  return [trial(config, i, dict(zip(space, combo)), max(epochs))
+          for i, combo in enumerate(itertools.product(*space.values()))], epochs
+
+
+def draw(config: ml_collections.ConfigDict, index: int, stream: int = 0) -> Trial:
+  """Random trial `index` of `config`: each axis a uniform choice of its values or a draw
+  from its range, by a generator seeded with (seed, stream, index) alone, so that raising
+  the number of draws keeps the earlier ones."""
+  rng = np.random.default_rng([config.seed, stream, index])
+  values = {k: v.draw(rng) if isinstance(v, Range) else v[int(rng.integers(len(v)))]
+            for k, v in _space(config).items()}
+  return trial(config, index, values, max(epochs_to_read(config)))
 
 
 def stack_key(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:

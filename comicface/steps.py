@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -130,6 +130,15 @@ def summarize(sums: Metrics, prefix: str) -> list[Record]:
   loss, correct, count = (np.atleast_1d(jax.device_get(sums[k])) for k in ('loss', 'correct', 'count'))
   return [{f'{prefix}_loss': float(l / n), f'{prefix}_accuracy': float(c / n)}
           for l, c, n in zip(loss, correct, count)]
+
+
+def mean_records(histories: Sequence[Sequence[Record]]) -> list[Record]:
+  """Per epoch, the mean of each float field over several members' histories (the seeds of
+  a trial), over the epochs that all of them have; one history is returned as it is."""
+  if len(histories) == 1:
+    return list(histories[0])
+  return [{k: float(np.mean([r[k] for r in records])) if isinstance(v, float) else v for k, v in records[0].items()}
+          for records in zip(*histories)]
 
 
 def add(a: Metrics | None, b: Metrics) -> Metrics:

@@ -70,8 +70,26 @@ def _shading(rng: np.random.Generator, size: int) -> np.ndarray:
   return lit - 0.25 * ((x - 0.5) ** 2 + (y - 0.45) ** 2)
 
 
-def render_pair(seed: int, index: int, size: int) -> tuple[bytes, bytes]:
-  """Returns the JPEG bytes of pair `index`: (face, comic)."""
+def _harder(face: np.ndarray, comic: np.ndarray, flat: np.ndarray, edges: np.ndarray,
+            difficulty: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """Draws a face and its comic closer to each other, more so as `difficulty` goes to 1:
+  the face's shading flattens toward the comic's colours and it gets part of the outlines;
+  the comic loses part of its outlines and gets the face's noise; both take a colour shift
+  of their own."""
+  d = difficulty
+  h, w = edges.shape
+  face = (1 - 0.8 * d) * face + 0.8 * d * flat
+  face = np.where((edges & (rng.random((h, w)) < 0.7 * d))[..., None], 15.0 * d + face * (1 - d), face)
+  lost = edges & (rng.random((h, w)) < 0.6 * d)
+  comic = np.where(lost[..., None], flat, comic) + rng.normal(0, 6 * d, (h, w, 3))
+  face = face + rng.normal(0, 4 * d, (h, w, 3))
+  shift = lambda: rng.uniform(1 - 0.35 * d, 1 + 0.35 * d, 3)
+  return face * shift(), comic * shift()
+
+
+def render_pair(seed: int, index: int, size: int, difficulty: float = 0.0) -> tuple[bytes, bytes]:
+  """Returns the JPEG bytes of pair `index`: (face, comic). `difficulty` in [0, 1] draws
+  them closer (0: the plain stand-in, whose pixels it leaves as they are)."""
   rng = np.random.default_rng([seed, index])
   labels = _label_map(rng, size)
   colours = _palette(rng)[labels]
@@ -97,6 +115,10 @@ def render_pair(seed: int, index: int, size: int) -> tuple[bytes, bytes]:
   width = max(3, (size // 128) | 1)
   edges = np.asarray(Image.fromarray(edges.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(width))) > 0
   comic = np.where(edges[..., None], 15.0, flat)
+  if difficulty:
+    face, comic = _harder(np.asarray(face_img, np.float32), comic, flat, edges, difficulty,
+                          np.random.default_rng([seed, index, 1]))  # a stream of its own: d=0 is unchanged
+    face_img = Image.fromarray(np.clip(face, 0, 255).astype(np.uint8))
   comic_img = Image.fromarray(np.clip(comic, 0, 255).astype(np.uint8))
 
   def jpeg(img: Image.Image) -> bytes:
@@ -107,14 +129,14 @@ def render_pair(seed: int, index: int, size: int) -> tuple[bytes, bytes]:
 
 
 def write_dataset(root: str | os.PathLike, num_pairs: int, size: int = 1024,
-                  seed: int = 0, first_index: int = 0) -> pathlib.Path:
+                  seed: int = 0, first_index: int = 0, difficulty: float = 0.0) -> pathlib.Path:
   """Writes `num_pairs` pairs in the v2 layout under `root`; returns the inner folder."""
   inner = pathlib.Path(root) / V2_INNER
   (inner / 'faces').mkdir(parents=True, exist_ok=True)
   (inner / 'comics').mkdir(parents=True, exist_ok=True)
 
   def write(i: int) -> None:
-    face, comic = render_pair(seed, i, size)
+    face, comic = render_pair(seed, i, size, difficulty)
     (inner / 'faces' / f'{i}.jpg').write_bytes(face)
     (inner / 'comics' / f'{i}.jpg').write_bytes(comic)
 
@@ -131,8 +153,9 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument('--pairs', type=int, default=1000)
   p.add_argument('--size', type=int, default=1024)
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--difficulty', type=float, default=0.0, help='0 (plain) to 1 (faces drawn closest to comics)')
   a = p.parse_args(argv)
-  print(write_dataset(a.out, a.pairs, a.size, a.seed))
+  print(write_dataset(a.out, a.pairs, a.size, a.seed, difficulty=a.difficulty))
 
 
 if __name__ == '__main__':

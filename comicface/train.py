@@ -1,5 +1,10 @@
 """Training runs: a run (one model, or a stack of trials), its epochs, its test.
 
+A run trains one or more members (trials, or seeds of trials) that differ only in
+values, stacked on a trial axis where there are several. Each member keeps its own
+checkpoints and history in its own folder, so a stack can shrink (a stopped trial,
+a search's losers) and its survivors go on alone or in another stack.
+
 `fit` trains a run's remaining epochs, calling its actions (actions.py) after each
 block of steps and each epoch; `train_and_evaluate` is one whole run in a workdir.
 """
@@ -8,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import jax
@@ -22,6 +27,7 @@ from comicface import checkpointing
 from comicface import errors
 from comicface import input_pipeline
 from comicface import report
+from comicface import stats
 from comicface import steps as steps_lib
 from comicface import workdir as workdirs
 
@@ -31,9 +37,9 @@ TASK_FILE = 'task.json'
 
 def evaluate_split(steps: steps_lib.Steps, state: steps_lib.State, split: input_pipeline.Split,
                    prefix: str) -> tuple[list[Record], np.ndarray]:
-  """Loss and accuracy per trial over every example of `split` exactly once (with the
+  """Loss and accuracy per member over every example of `split` exactly once (with the
   count of examples seen, across all processes), and the class probabilities of each
-  example ([examples, classes], or [trials, examples, classes]), in split order."""
+  example ([examples, classes], or [members, examples, classes]), in split order."""
   sums, probs = None, []
   for batch in input_pipeline.eval_batches(split):
     s, p = steps.eval(state, steps.device_put(batch))
@@ -58,20 +64,42 @@ def read_task(workdir: str) -> input_pipeline.Task:
 
 
 @dataclasses.dataclass
+class Member:
+  """One model of a run: a trial (or one seed of it), its checkpoints and its history."""
+  name: str
+  folder: str
+  config: ml_collections.ConfigDict
+  init_index: int = 0  # its initial parameters: the config's seed folded with this (0: the seed alone)
+  trial: str = ''  # the trial it is a seed of (early stopping decides on the trial's mean over seeds)
+  manager: ocp.CheckpointManager | None = None
+  history: list[Record] = dataclasses.field(default_factory=list)
+  correct: list[str] = dataclasses.field(default_factory=list)  # per epoch: its right validation examples
+  partial: dict | None = None  # the sums of an epoch cut short by a preemption save
+  stopped: bool = False  # by early stopping
+
+  @property
+  def init_key(self) -> jax.Array:
+    key = jax.random.PRNGKey(self.config.seed)
+    return jax.random.fold_in(key, self.init_index) if self.init_index else key
+
+
+@dataclasses.dataclass
 class Run:
-  """What one training run (of one model, or of a stack of trials) works with."""
-  config: ml_collections.ConfigDict  # the first trial's, for a stack
-  workdir: str
+  """What one training run (of one model, or of a stack of members) works with."""
+  config: ml_collections.ConfigDict  # the first member's
   builder: Any  # the built dataset (a tfds DatasetBuilder)
   steps: steps_lib.Steps
   state: steps_lib.State
   hparams: steps_lib.HParams
   train: input_pipeline.Split
   validation: input_pipeline.Split
-  manager: ocp.CheckpointManager
-  trial_names: list[str]
-  histories: list[list[Record]]
-  partial: dict | None = None  # the current epoch's sums so far, restored from a mid-epoch save
+  members: list[Member]
+  restack: Callable[[int], steps_lib.Steps] | None = None  # the steps of a stack of n, for `drop`
+  validation_labels: np.ndarray | None = None
+
+  @property
+  def stacked(self) -> bool:
+    return self.steps.state_sharding is not self.steps.replicated
 
   @property
   def steps_per_epoch(self) -> int:
@@ -84,61 +112,102 @@ class Run:
   @property
   def epoch(self) -> int:
     """Epochs finished."""
-    return len(self.histories[0])
+    return len(self.members[0].history)
 
-  def save(self, metrics: dict[str, float] | None = None, partial: steps_lib.Metrics | None = None) -> None:
-    """Starts a checkpoint of the state at this step (with the histories, and `partial`,
-    the current epoch's sums so far, where it is saved mid-epoch)."""
-    meta = {'histories': self.histories,
-            'partial': partial and {k: np.asarray(jax.device_get(v)).tolist() for k, v in partial.items()}}
-    checkpointing.save(self.manager, self.step, self.state, meta, metrics=metrics)
+  @property
+  def trial_names(self) -> list[str]:
+    return [m.name for m in self.members]
 
-  def restore(self, step: int) -> steps_lib.State:
-    """The state of checkpoint `step`."""
-    return checkpointing.restore(self.manager, step, self.state)[0]
+  def member_state(self, i: int) -> steps_lib.State:
+    return jax.tree.map(lambda x: x[i], self.state) if self.stacked else self.state
+
+  def save(self, metrics: Sequence[dict | None] | None = None, partial: steps_lib.Metrics | None = None) -> None:
+    """Starts a checkpoint of every member at this step, with its history (and `partial`,
+    the current epoch's sums so far, where it is saved mid-epoch; `metrics` let a member's
+    manager keep its best checkpoint beside the latest)."""
+    sums = partial and {k: np.atleast_1d(jax.device_get(v)) for k, v in partial.items()}
+    for i, member in enumerate(self.members):
+      meta = {'history': member.history, 'correct': member.correct,
+              'partial': sums and {k: float(v[i]) for k, v in sums.items()}}
+      checkpointing.save(member.manager, self.step, self.member_state(i), meta,
+                         metrics=metrics[i] if metrics else None)
+
+  def drop(self, keep: Sequence[int]) -> None:
+    """Leaves only the members `keep` in the stack (their states and values); the others'
+    checkpoints are finished and closed."""
+    for i, member in enumerate(self.members):
+      if i not in keep:
+        checkpointing.wait(member.manager)
+        member.manager.close()
+    self.members = [self.members[i] for i in keep]
+    index = keep[0] if len(keep) == 1 else np.asarray(keep)  # one member alone is not a stack
+    self.steps = self.restack(len(keep))
+    state, hparams = (jax.tree.map(lambda x: x[index], t) for t in (self.state, self.hparams))
+    self.state = jax.device_put(state, self.steps.state_sharding)
+    self.hparams = jax.device_put(hparams, self.steps.state_sharding)
+
+  def close(self) -> None:
+    for member in self.members:
+      member.manager.close()
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str,
-          trials: Sequence[ml_collections.ConfigDict] = (), trial_names: Sequence[str] = (),
-          steps: steps_lib.Steps | None = None) -> Run:
-  """Builds the data, the steps (unless given: runs of one shape share them) and the state
-  (resumed from `workdir` if it holds checkpoints) of a run; `trials` (with names) makes
-  it a stack of trials that differ only in values (`steps.hyperparameters`)."""
+def _stack(trees: Sequence[Any]) -> Any:
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str, members: Sequence[Member] = (),
+          steps: steps_lib.Steps | None = None,
+          restack: Callable[[int], steps_lib.Steps] | None = None) -> Run:
+  """Builds the data, the steps (unless given: runs of one static config share them) and
+  the state of a run in `workdir` (the data and the task are kept there), each member
+  resumed from its own latest checkpoint where it has one. Without `members`, the run is
+  one model whose folder is the workdir; with several, they train as one stack and must
+  differ only in values (`steps.hyperparameters`) and be at the same step."""
   builder = input_pipeline.prepare(config, workdir)
   task = input_pipeline.Task.of(builder)
-  write_task(workdir, task)
-  configs = list(trials) or [config]
+  members = list(members) or [Member('', workdir, config)]
+  stacked = len(members) > 1
   if steps is None:
     steps = steps_lib.Steps(steps_lib.static_config(config), len(task.classes), task.image_shape,
-                            steps_lib.make_mesh(len(trials) or 1), stacked=bool(trials))
-  keys = [jax.random.PRNGKey(c.seed) for c in configs]
-  state = steps.init(jnp.stack(keys) if trials else keys[0])
-  hparams = steps.put_hparams([steps_lib.hyperparameters(c) for c in configs])
+                            steps_lib.make_mesh(len(members)), stacked=stacked)
+  for member in members:
+    write_task(member.folder, task)
+  keys = [m.init_key for m in members]
+  state = steps.init(jnp.stack(keys) if stacked else keys[0])
+  hparams = steps.put_hparams([steps_lib.hyperparameters(m.config) for m in members])
   scheme = config.dataset.split_scheme
   train = input_pipeline.open_split(builder, config.train_splits, config.batch_size, scheme)
   validation = input_pipeline.open_split(builder, 'validation', config.batch_size, scheme)
   if train.num_examples < config.batch_size:
     raise errors.ConfigError(f'config.batch_size={config.batch_size} is larger than the training set '
                              f'({train.num_examples} examples): lower it.')
-  manager = checkpointing.manager(workdir, config.keep_checkpoints)
-  names = list(trial_names) or ['']
-  run = Run(config, workdir, builder, steps, state, hparams, train, validation, manager, names, [[] for _ in names])
-  restored = checkpointing.restore_latest(manager, state)
+  run = Run(config, builder, steps, state, hparams, train, validation, members, restack, validation.labels())
+  for member in members:
+    member.manager = checkpointing.manager(member.folder, member.config.keep_checkpoints)
+  restored = checkpointing.restore_latest([m.manager for m in members],
+                                          [run.member_state(i) for i in range(len(members))])
   if restored:
-    run.state, meta = restored
-    run.histories, run.partial = meta['histories'], meta.get('partial')
-    logging.info('%s: resumed from step %d (after epoch %d).', workdir, run.step, run.epoch)
-  per_model = sum(x.size for x in jax.tree.leaves(state['params'])) // len(names)
-  logging.info('%s: %d parameters per model, %d trial(s); %d train / %d validation examples.',
-               workdir, per_model, len(names), train.num_examples, validation.num_examples)
+    for member, (_, meta) in zip(members, restored):
+      member.history, member.correct, member.partial = meta['history'], meta['correct'], meta['partial']
+    actions_lib.mark_stopped(members)
+    trees = [tree for tree, _ in restored]
+    run.state = jax.device_put(_stack(trees), steps.state_sharding) if stacked else trees[0]
+    logging.info('%s: resumed from step %d (after epoch %d).', members[0].folder, run.step, run.epoch)
+  per_model = sum(x.size for x in jax.tree.leaves(run.member_state(0)['params']))
+  logging.info('%s: %d parameters per model, %d member(s); %d train / %d validation examples.',
+               workdir, per_model, len(members), train.num_examples, validation.num_examples)
   return run
 
 
 def train_epoch(run: Run, actions: Sequence[actions_lib.Action]) -> steps_lib.Metrics:
   """Trains the rest of the current epoch; returns its summed train metrics."""
   epoch, start = divmod(run.step, run.steps_per_epoch)
-  sums = run.partial and {k: jnp.asarray(v, jnp.float32) for k, v in run.partial.items()}
-  run.partial = None
+  sums = None
+  if run.members[0].partial:  # resumed mid-epoch: the sums so far, as if never stopped
+    sums = {k: jnp.asarray([m.partial[k] for m in run.members] if run.stacked else run.members[0].partial[k],
+                           jnp.float32) for k in run.members[0].partial}
+  for member in run.members:
+    member.partial = None
   for block in input_pipeline.train_batches(run.train, run.config.seed, epoch, start,
                                             run.config.speed.steps_per_call):
     run.state, metrics = run.steps.train(run.state, run.hparams, run.steps.device_put(block, block=True))
@@ -149,25 +218,35 @@ def train_epoch(run: Run, actions: Sequence[actions_lib.Action]) -> steps_lib.Me
 
 
 def end_epoch(run: Run, sums: steps_lib.Metrics) -> list[Record]:
-  """Validates every trial; appends the epoch's record of each to `run.histories`."""
-  validation, _ = evaluate_split(run.steps, run.state, run.validation, 'val')
+  """Validates every member; appends the epoch's record of each to its history."""
+  validation, probs = evaluate_split(run.steps, run.state, run.validation, 'val')
   records = [{'epoch': run.epoch + 1, 'step': run.step, **train, 'val_loss': val['val_loss'],
               'val_accuracy': val['val_accuracy']}
              for train, val in zip(steps_lib.summarize(sums, 'train'), validation)]
-  for history, record in zip(run.histories, records):
-    history.append(record)
+  right = probs.reshape(len(run.members), *probs.shape[-2:]).argmax(-1) == run.validation_labels
+  for member, record, correct in zip(run.members, records, right):
+    member.history.append(record)
+    member.correct.append(stats.pack(correct))
   return records
 
 
-def fit(run: Run, actions: Sequence[actions_lib.Action]) -> bool:
-  """Trains the run's remaining epochs, up to `run.config.num_epochs`. Returns False if
-  preempted (a checkpoint was saved)."""
+def fit(run: Run, actions: Sequence[actions_lib.Action], until_epoch: int | None = None) -> bool:
+  """Trains the run's members up to `until_epoch` (default: `run.config.num_epochs`); a
+  member stopped early leaves the stack, and the run ends when none is left. Returns
+  False if preempted (a checkpoint was saved)."""
+  until = until_epoch or run.config.num_epochs
   try:
-    while run.epoch < run.config.num_epochs:
+    while True:
+      keep = [i for i, m in enumerate(run.members) if not m.stopped]
+      if not keep or run.epoch >= until:
+        break
+      if len(keep) < len(run.members):
+        run.drop(keep)
       records = end_epoch(run, train_epoch(run, actions))
       for action in actions:
         action.after_epoch(run, records)
-    checkpointing.wait(run.manager)
+    for member in run.members:
+      checkpointing.wait(member.manager)
   except actions_lib.Preempted:
     return False
   finally:
@@ -177,10 +256,12 @@ def fit(run: Run, actions: Sequence[actions_lib.Action]) -> bool:
 
 
 def test(run: Run, step: int) -> tuple[Record, input_pipeline.Split, np.ndarray]:
-  """The test record of checkpoint `step`, the test split and its class probabilities."""
-  config = run.config
+  """The test record of a single run's checkpoint `step`, the test split and its class
+  probabilities."""
+  config, member = run.config, run.members[0]
   split = input_pipeline.open_split(run.builder, 'test', config.batch_size, config.dataset.split_scheme)
-  (record,), probs = evaluate_split(run.steps, run.restore(step), split, 'test')
+  state, _ = checkpointing.restore(member.manager, step, run.state)
+  (record,), probs = evaluate_split(run.steps, state, split, 'test')
   return record, split, probs
 
 
@@ -191,7 +272,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Writes `results.json` and the report. A finished workdir is only reported, unless
   `config.num_epochs` is higher than it trained: then it continues from its last
-  checkpoint (as a resume), and the best is selected and tested anew.
+  checkpoint (as a resume), and the best is selected and tested anew. A run stopped
+  early (config.early_stopping) is finished where it stopped.
   Returns None if preempted (a checkpoint was saved; rerun to resume). `steps`: see `setup`.
   """
   workdirs.check(config, workdir)
@@ -206,25 +288,27 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if results_path.exists():
     results = json.loads(results_path.read_text())
     trained = results['history'][-1]['epoch']
-    if config.num_epochs <= trained:
-      logging.info('%s is finished: %d epochs trained, the config asks for %d, so nothing to train. '
-                   'Test accuracy %.4f.', workdir, trained, config.num_epochs, results['test_accuracy'])
+    if config.num_epochs <= trained or results.get('stopped_early'):
+      logging.info('%s is finished: %d epochs trained%s, the config asks for %d, so nothing to train. '
+                   'Test accuracy %.4f.', workdir, trained, ' (stopped early)' if results.get('stopped_early')
+                   else '', config.num_epochs, results['test_accuracy'])
       return results
     logging.info('%s is finished at %d epochs; extending it to %d.', workdir, trained, config.num_epochs)
   run = setup(config, workdir, steps=steps)
   try:
-    if not fit(run, actions_lib.standard(run, [workdir])):
+    if not fit(run, actions_lib.standard(run)):
       logging.warning('Preempted: checkpoint saved; rerun the same command to resume.')
       return None
-    step = run.manager.latest_step() if config.test_checkpoint == 'last' else run.manager.best_step()
+    manager = run.members[0].manager
+    step = manager.latest_step() if config.test_checkpoint == 'last' else manager.best_step()
     test_record, test_split, probs = test(run, step)
   finally:
-    run.manager.close()
-  history = run.histories[0]
-  chosen = next(r for r in history if r['step'] == step)
+    run.close()
+  member = run.members[0]
+  chosen = next(r for r in member.history if r['step'] == step)
   results = {**test_record, 'best_epoch': chosen['epoch'], 'best_step': step,
              'best_val_accuracy': chosen['val_accuracy'], 'best_val_loss': chosen['val_loss'],
-             'history': history, 'config': config.to_dict()}
+             'stopped_early': member.stopped, 'history': member.history, 'config': config.to_dict()}
   if jax.process_index() == 0:
     results_path.write_text(json.dumps(results, indent=2))
     np.save(pathlib.Path(workdir) / 'test_predictions.npy', probs)  # [example, class], test split order

@@ -17,11 +17,12 @@ import ml_collections
 
 from comicface import errors
 
-# Fields that change what a workdir's checkpoints mean; the rest (logging, the
-# number of epochs, checkpoints kept, speed) may change between runs of one workdir.
+# Fields that change what a workdir's checkpoints mean; the rest (logging, the budget:
+# epochs and trials, checkpoints kept, speed) may change between runs of one workdir.
 IDENTITY = ('dataset.name', 'dataset.manual_dir', 'dataset.split_scheme', 'dataset.synthetic_pairs',
-            'dataset.synthetic_size', 'dataset.synthetic_seed', 'model', 'dtype',
-            'optimizer', 'augment_hflip', 'learning_rate', 'batch_size', 'train_splits', 'seed', 'grid')
+            'dataset.synthetic_size', 'dataset.synthetic_seed', 'dataset.synthetic_difficulty', 'model', 'dtype',
+            'optimizer', 'augment_hflip', 'learning_rate', 'batch_size', 'train_splits', 'seed', 'grid',
+            'search', 'halving', 'bayesian_batch', 'seeds', 'early_stopping')
 HOLD_FILE = 'run.lock'
 HEARTBEAT_SECONDS = 30  # a holder touches its hold file this often...
 STALE_SECONDS = 120     # ...and one not touched for this long, on another host, is dead

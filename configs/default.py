@@ -19,6 +19,7 @@ def experiment() -> ml_collections.ConfigDict:
       synthetic_pairs=700,  # the stand-in's size, when manual_dir is ''
       synthetic_size=256,
       synthetic_seed=0,
+      synthetic_difficulty=0.0,  # 0 (the plain stand-in) to 1: faces drawn closer to comics (search tests)
   ))
   c.model = ml_collections.ConfigDict(dict(  # comicface/models/cnn.py
       name='cnn', filters_1=100, filters_2=50, dropout_rate=0.5, input_scaling='unit'))
@@ -31,10 +32,19 @@ def experiment() -> ml_collections.ConfigDict:
   c.test_checkpoint = 'best'   # tested at the end: 'best' by validation accuracy, or 'last'
   c.seed = 0
   c.dtype = 'float32'  # computation dtype; parameters and optimizer state stay float32
+  c.early_stopping = ml_collections.ConfigDict(dict(  # Keras' EarlyStopping, and its meanings
+      monitor='',  # '' (off), 'val_loss', 'val_accuracy', 'train_loss' or 'train_accuracy'
+      mode='auto', patience=0, min_delta=0.0, start_from_epoch=0))
 
-  c.grid = ml_collections.ConfigDict()  # e.g. grid.learning_rate = (1e-2, 1e-3): see cnn_grid.py
+  # A search over config.grid (see cnn_grid.py, cnn_halving.py).
+  c.grid = ml_collections.ConfigDict(type_safe=False)  # an axis: values (1e-2, 1e-3), or 'log_uniform(1e-4, 1e-1)'
+  c.search = 'grid'   # 'grid', 'random' (num_trials draws), 'halving', or 'bayesian' (TPE; needs optuna)
+  c.num_trials = 16   # the draws of 'random' and 'bayesian' (and of 'halving' over ranges)
+  c.halving = ml_collections.ConfigDict(dict(factor=3, min_epochs=1, brackets=1))  # brackets > 1: Hyperband
+  c.bayesian_batch = 4  # trials asked of TPE at once, trained as one stack
+  c.seeds = 1         # initialisations of each trial, trained in one stack on the same batches
   c.grid_parallel = 'auto'   # 'stacked', 'sequential', or 'auto' (by device count)
-  c.retrain_splits = ('train',)  # the grid's winner is retrained on these
+  c.retrain_splits = ('train',)  # the winner is retrained on these; () tests it as it was trained
 
   c.log_every_steps = 20
   c.keep_checkpoints = 2  # the latest N are kept, and the best by validation accuracy

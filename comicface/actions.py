@@ -2,10 +2,11 @@
 each action is called after every block of train steps and after every epoch."""
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from absl import logging
 
@@ -150,6 +151,17 @@ def _on_sigterm(signum, frame) -> None:
   _PREEMPTED.set()
 
 
+@contextlib.contextmanager
+def handle_sigterm() -> Iterator[None]:
+  """While entered (in the main thread), SIGTERM asks every run of the process to save and stop."""
+  _PREEMPTED.clear()
+  previous = signal.signal(signal.SIGTERM, _on_sigterm)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 class StopOnPreemption(Action):
   """On SIGTERM (what a preemption sends) or Orbax's preemption notice: saves a checkpoint
   at the next step (with the epoch's partial sums, so that the resumed epoch's record is
@@ -158,10 +170,9 @@ class StopOnPreemption(Action):
 
   def __init__(self, check_nonfinite: bool = True):
     self.check_nonfinite = check_nonfinite
-    self._previous = None
-    if threading.current_thread() is threading.main_thread():
-      _PREEMPTED.clear()
-      self._previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    self._handler = handle_sigterm() if threading.current_thread() is threading.main_thread() else None
+    if self._handler:
+      self._handler.__enter__()
 
   def _due(self, run: Run) -> bool:
     return _PREEMPTED.is_set() or run.members[0].manager.reached_preemption(run.step)
@@ -182,8 +193,8 @@ class StopOnPreemption(Action):
       raise Preempted
 
   def close(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    if self._handler:
+      self._handler.__exit__(None, None, None)
 
 
 def standard(run: Run, stop_on_nonfinite: bool = True) -> list[Action]:

@@ -1,7 +1,9 @@
 """Orbax checkpoints: the latest N and the best by validation accuracy, kept together."""
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import threading
 from typing import Any, Sequence
 
 from absl import logging
@@ -35,13 +37,26 @@ def manager(workdir: str, keep_latest: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints', options=options)
 
 
+# Orbax's saves and restores from several threads at once (a search's groups side by side)
+# corrupt each other's temporary files: in threads other than the main one, each is done
+# whole, one at a time.
+_ONE_AT_A_TIME = threading.Lock()
+
+
+def _serial() -> contextlib.AbstractContextManager:
+  return _ONE_AT_A_TIME if threading.current_thread() is not threading.main_thread() else contextlib.nullcontext()
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
          metrics: dict[str, float] | None = None) -> None:
-  """Starts an asynchronous save; a failure (of this or the previous save) raises CheckpointError."""
-  with _explained(manager, step):
+  """Starts an asynchronous save (in the main thread; elsewhere it finishes before returning);
+  a failure (of this or the previous save) raises CheckpointError."""
+  with _serial(), _explained(manager, step):
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                             meta=ocp.args.JsonSave(meta)),
               metrics=metrics, force=True)
+    if threading.current_thread() is not threading.main_thread():
+      manager.wait_until_finished()
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
@@ -74,8 +89,9 @@ def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any
   """Restores `step` into the shape, dtype and sharding of `target` (arrays or abstract)."""
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
-  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                   meta=ocp.args.JsonRestore()))
+  with _serial():
+    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                        meta=ocp.args.JsonRestore()))
   return out['state'], out['meta']
 
 

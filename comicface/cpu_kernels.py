@@ -17,7 +17,7 @@ from comicface.models import layers
 def scale_inputs(images: jax.Array, method: str, dtype=jnp.float32) -> jax.Array:
   """`layers.scale_inputs`, with 'imagenet' as one multiply-add over each flattened image,
   the channel constants tiled along it: XLA:CPU vectorises that long axis, not a
-  3-wide channel axis (the MLP predicts 2.3x faster)."""
+  3-wide channel axis."""
   if method != 'imagenet':
     return layers.scale_inputs(images, method, dtype)
   mean, std = jnp.asarray(layers.IMAGENET_MEAN), jnp.asarray(layers.IMAGENET_STD)
@@ -103,8 +103,8 @@ class ConvPool(nn.Module):
 
 class FusedConvPool(ConvPool):
   """`ConvPool` for inference, the convolution and its pool in one pass (`conv_max_pool`)
-  where the input has few channels (the first stage): on a CPU that layer runs about 4x
-  faster. Not for training: with its own gradient the train step was no faster."""
+  where the input has few channels (the first stage). Not for training: with its own
+  gradient the train step was no faster."""
 
   def pooled_conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
     return conv_max_pool(x, kernel) if x.shape[-1] <= 3 else super().pooled_conv(x, kernel)

@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 from comicface import build_dataset
 from comicface import errors
 from comicface import synthetic
+from comicface import workdir as workdirs
 from comicface import splits
 from tfds_builder.comic_faces import comic_faces_dataset_builder as comic_faces
 
@@ -65,16 +66,18 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tfds.core.Datase
   """
   ds = config.dataset
   manual_dir, data_dir, stand_in = source_dirs(ds, workdir)
+  lock = (manual_dir if stand_in else build_dataset.build_dir(builder_config(ds.name).name, data_dir).parent)
   for turn in range(2):
     if (jax.process_index() == 0) == (turn == 0):
-      if stand_in:
-        logging.warning('*' * 72 + '\n  config.dataset.manual_dir is empty: using a GENERATED '
-                        'STAND-IN\n  (%d synthetic pairs in %s), not on the Kaggle data.\n' + '*' * 72,
-                        ds.synthetic_pairs, manual_dir)
-        if not (manual_dir / synthetic.V2_INNER / 'comics' / f'{ds.synthetic_pairs - 1}.jpg').exists():
-          synthetic.write_dataset(manual_dir, ds.synthetic_pairs, ds.synthetic_size, ds.synthetic_seed,
-                                  difficulty=ds.synthetic_difficulty)
-      builder = _build(ds, manual_dir, data_dir)
+      with workdirs.exclusive(lock / '.prepare.lock'):  # jobs sharing the folder build it once
+        if stand_in:
+          logging.warning('*' * 72 + '\n  config.dataset.manual_dir is empty: using a GENERATED '
+                          'STAND-IN\n  (%d synthetic pairs in %s), not on the Kaggle data.\n' + '*' * 72,
+                          ds.synthetic_pairs, manual_dir)
+          if not (manual_dir / synthetic.V2_INNER / 'comics' / f'{ds.synthetic_pairs - 1}.jpg').exists():
+            synthetic.write_dataset(manual_dir, ds.synthetic_pairs, ds.synthetic_size, ds.synthetic_seed,
+                                    difficulty=ds.synthetic_difficulty)
+        builder = _build(ds, manual_dir, data_dir)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'comicface dataset prepared, turn {turn}')
   return builder

@@ -17,10 +17,16 @@ beside a paired test against the runner-up.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
+import itertools
 import json
 import math
+import os
 import pathlib
+import threading
+import time
 from typing import Any, Callable
 
 from absl import logging
@@ -43,12 +49,60 @@ Trial = search_space.Trial
 KINDS = ('grid', 'random', 'halving', 'bayesian')
 
 
+POLL_SECONDS = 2.0  # how often a job looks whether the other jobs' trials are done
+
+
+class Waiting(Exception):
+  """This job's part of the search is done; other jobs' trials are not yet."""
+
+
 def resolve_mode(config: ml_collections.ConfigDict) -> str:
-  """'auto' stacks where there are several devices, or an accelerator, to fill
-  (on one CPU device, trial after trial is as fast: docs/performance.md)."""
+  """How trials share the devices. 'auto': one after another on one CPU device (there,
+  trial after trial is as fast: docs/performance.md); as stacks on one accelerator;
+  and with several devices, groups of stacks side by side on disjoint sub-meshes
+  ('parallel'; one process only)."""
   if config.grid_parallel != 'auto':
     return config.grid_parallel
-  return 'stacked' if jax.device_count() > 1 or jax.default_backend() != 'cpu' else 'sequential'
+  if jax.device_count() > 1:
+    return 'parallel' if jax.process_count() == 1 else 'stacked'
+  return 'stacked' if jax.default_backend() != 'cpu' else 'sequential'
+
+
+def shard_of(config: ml_collections.ConfigDict, env: dict[str, str] | None = None) -> tuple[int, int]:
+  """(index, count) of this job among the independent jobs sharing the search's workdir:
+  `config.shard` 'i/N'; or with 'auto', the launcher's own variables: a Slurm array
+  (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT), a Kubernetes indexed job (JOB_COMPLETION_INDEX,
+  with COMICFACE_SHARDS=N), TPU VM workers under `--worker=all` (TPU_WORKER_ID,
+  TPU_WORKER_HOSTNAMES), unless the job is itself one multi-process program; else (0, 1)."""
+  env = os.environ if env is None else env
+  spec = config.shard
+  if spec and spec != 'auto':
+    index, count = (int(x) for x in spec.split('/'))
+    return index, count
+  if spec != 'auto' or jax.process_count() > 1:
+    return 0, 1
+  if 'SLURM_ARRAY_TASK_ID' in env and 'SLURM_ARRAY_TASK_COUNT' in env:
+    return int(env['SLURM_ARRAY_TASK_ID']) - int(env.get('SLURM_ARRAY_TASK_MIN', 0)), int(env['SLURM_ARRAY_TASK_COUNT'])
+  if 'JOB_COMPLETION_INDEX' in env and 'COMICFACE_SHARDS' in env:
+    return int(env['JOB_COMPLETION_INDEX']), int(env['COMICFACE_SHARDS'])
+  if 'TPU_WORKER_ID' in env and env.get('TPU_WORKER_HOSTNAMES'):
+    return int(env['TPU_WORKER_ID']), len(env['TPU_WORKER_HOSTNAMES'].split(','))
+  return 0, 1
+
+
+def assign(groups: list, index: int, count: int) -> list:
+  """This job's share of the groups of trials: every count-th, from its index (so each
+  group trains in exactly one job, and a job rerun on its index gets the same ones)."""
+  return groups[index::count]
+
+
+def device_slots(groups: int, devices: list | None = None) -> list[list]:
+  """Disjoint sets of devices for `groups` groups to train side by side: as many sets as
+  groups (at most one per device), each of the largest size that divides the device count."""
+  devices = devices or jax.devices()
+  n = len(devices)
+  size = max(k for k in range(1, n + 1) if n % k == 0 and k <= max(1, n // groups))
+  return [devices[i:i + size] for i in range(0, n, size)][:groups]
 
 
 def _rank(record: dict) -> tuple[float, float, int]:
@@ -70,13 +124,16 @@ class SharedSteps:
 
   def __init__(self):
     self._steps: dict[tuple, steps_lib.Steps] = {}
+    self._lock = threading.Lock()
 
-  def get(self, config: ml_collections.ConfigDict, task: input_pipeline.Task, members: int) -> steps_lib.Steps:
-    mesh = steps_lib.make_mesh(members)
+  def get(self, config: ml_collections.ConfigDict, task: input_pipeline.Task, members: int,
+          devices: list | None = None) -> steps_lib.Steps:
+    mesh = steps_lib.make_mesh(members, devices)
     key = (steps_lib.static_config(config), task, mesh, members > 1)
-    if key not in self._steps:
-      self._steps[key] = steps_lib.Steps(key[0], len(task.classes), task.image_shape, mesh, members > 1)
-    return self._steps[key]
+    with self._lock:
+      if key not in self._steps:
+        self._steps[key] = steps_lib.Steps(key[0], len(task.classes), task.image_shape, mesh, members > 1)
+      return self._steps[key]
 
 
 @dataclasses.dataclass
@@ -86,6 +143,7 @@ class Search:
   root: pathlib.Path
   task: input_pipeline.Task
   mode: str
+  shard: tuple[int, int] = (0, 1)  # (index, count) of this job among those sharing the search
   shared: SharedSteps = dataclasses.field(default_factory=SharedSteps)
   trials: dict[str, Trial] = dataclasses.field(default_factory=dict)
   rungs: list[dict] = dataclasses.field(default_factory=list)
@@ -107,30 +165,66 @@ class Search:
                          str(self.folder(t) if seeds == 1 else self.folder(t) / f'seed_{r}'), t.config,
                          init_index=r, trial=t.name) for r in range(seeds)]
 
-  def train(self, trials: list[Trial], epochs: int) -> None:
+  def train(self, trials: list[Trial], epochs: int, last: bool = False) -> None:
     """Trains each of `trials` up to `epochs` epochs; those there already (or stopped) are
-    left as they are. Raises actions.Preempted once a checkpoint is saved."""
+    left as they are. With several jobs, this one trains its share (`assign`), then waits
+    for the others' trials, except after the `last` request of the plan, where it raises
+    Waiting instead. Raises actions.Preempted once a checkpoint is saved."""
     self.trials.update((t.name, t) for t in trials)
-    todo = [t for t in trials if not self.done(t, epochs)]
+    stacking = 'sequential' if self.mode == 'sequential' else 'stacked'
+    mine = [t for g in assign(search_space.groups(trials, stacking), *self.shard) for t in g]  # by the plan alone
     by_start: dict[int, list[Trial]] = {}
-    for t in todo:  # a stack trains members at one epoch
-      by_start.setdefault(len(self.record(t)['history']), []).append(t)
-    for _, starting in sorted(by_start.items()):
-      for group in search_space.groups(starting, self.mode):
-        self._train_group(group, epochs)
+    for t in mine:  # a stack trains members at one epoch
+      if not self.done(t, epochs):
+        by_start.setdefault(len(self.record(t)['history']), []).append(t)
+    self._train_groups([g for _, starting in sorted(by_start.items())
+                        for g in search_space.groups(starting, stacking)], epochs)
+    pending = [t.name for t in trials if not self.done(t, epochs)]
+    if pending and last:
+      raise Waiting(pending)
+    for seconds in itertools.count():
+      pending = [t.name for t in trials if not self.done(t, epochs)]
+      if not pending:
+        return
+      if seconds % max(1, int(60 / POLL_SECONDS)) == 0:
+        logging.info('Job %d/%d waits for %d trial(s) of the other jobs: %s', *self.shard, len(pending), pending[:5])
+      time.sleep(POLL_SECONDS)
 
-  def _train_group(self, group: list[Trial], epochs: int) -> None:
+  def _train_groups(self, groups: list[list[Trial]], epochs: int) -> None:
+    """Trains `groups` one after another on all devices, or, in 'parallel' mode, side by
+    side on disjoint sets of devices, one thread per set taking the next group."""
+    if self.mode != 'parallel' or len(groups) < 2:
+      for group in groups:
+        self._train_group(group, epochs)
+      return
+    queue = list(reversed(groups))
+    take = threading.Lock()
+
+    def worker(devices):
+      while True:
+        with take:
+          if not queue:
+            return
+          group = queue.pop()
+        self._train_group(group, epochs, devices)
+    with actions.handle_sigterm(), concurrent.futures.ThreadPoolExecutor(len(groups)) as pool:
+      for future in [pool.submit(worker, slot) for slot in device_slots(len(groups))]:
+        future.result()
+
+  def _train_group(self, group: list[Trial], epochs: int, devices: list | None = None) -> None:
     members = [m for t in group for m in self.members(t)]
-    for member in members:
-      workdirs.claim(member.config, member.folder)  # its folder restores on its own (inference.load)
-    restack = lambda n: self.shared.get(group[0].config, self.task, n)
-    run = train.setup(group[0].config, str(self.root), members, restack(len(members)), restack)
-    try:
-      finished = train.fit(run, actions.standard(run, stop_on_nonfinite=False), until_epoch=epochs)
-    finally:
-      run.close()
-    if not finished:
-      raise actions.Preempted
+    with contextlib.ExitStack() as holds:
+      for member in members:  # a trial trains in one job at a time
+        holds.enter_context(workdirs.Hold(member.folder))
+        workdirs.claim(member.config, member.folder)  # its folder restores on its own (inference.load)
+      restack = lambda n: self.shared.get(group[0].config, self.task, n, devices)
+      run = train.setup(group[0].config, str(self.root), members, restack(len(members)), restack)
+      try:
+        finished = train.fit(run, actions.standard(run, stop_on_nonfinite=False), until_epoch=epochs)
+      finally:
+        run.close()
+      if not finished:
+        raise actions.Preempted
     if jax.process_index() == 0:
       for t in group:
         self._write_record(t, [m for m in members if m.trial == t.name], run.validation.num_examples)
@@ -138,7 +232,7 @@ class Search:
   def _write_record(self, t: Trial, members: list[train.Member], num_val_examples: int) -> None:
     history = steps_lib.mean_records([m.history for m in members])
     record = {'name': t.name, 'values': t.values, 'history': history, 'stopped': any(m.stopped for m in members),
-              'num_val_examples': num_val_examples,
+              'num_val_examples': num_val_examples, 'trained_by': {'job': list(self.shard), 'pid': os.getpid()},
               'members': [{'name': m.name, 'history': m.history, 'val_correct': m.correct} for m in members]}
     folder = self.folder(t)
     folder.mkdir(parents=True, exist_ok=True)
@@ -177,11 +271,12 @@ def _candidates(config: ml_collections.ConfigDict) -> list[Trial]:
 
 
 def grid(search: Search) -> None:
-  search.train(search_space.expand(search.config)[0], search.max_epochs)
+  search.train(search_space.expand(search.config)[0], search.max_epochs, last=True)
 
 
 def random(search: Search) -> None:
-  search.train([search_space.draw(search.config, i) for i in range(search.config.num_trials)], search.max_epochs)
+  search.train([search_space.draw(search.config, i) for i in range(search.config.num_trials)], search.max_epochs,
+               last=True)
 
 
 def rung_epochs(max_epochs: int, min_epochs: int, factor: int) -> list[int]:
@@ -208,7 +303,7 @@ def halving(search: Search) -> None:
       n = math.ceil(len(full) / (s + 1) * h.factor ** s)
       alive = [search_space.draw(c, 1000 * (bracket + 1) + i, stream=bracket + 1) for i in range(n)]
     for i, epochs in enumerate(rungs):
-      search.train(alive, epochs)
+      search.train(alive, epochs, last=bracket == h.brackets - 1 and i == len(rungs) - 1)
       ranked = sorted(alive, key=lambda t: _rank(search.best(t, epochs)))
       keep = len(ranked) if i == len(rungs) - 1 else max(1, len(ranked) // h.factor)
       search.rungs.append({'bracket': bracket, 'epochs': epochs, 'trials': [t.name for t in ranked],
@@ -251,7 +346,7 @@ def bayesian(search: Search) -> None:
                                                 value=search.best(t)['val_accuracy']))
     batch_trials = [search_space.trial(c, i, study.ask(distributions).params, search.max_epochs)
                     for i in range(batch * c.bayesian_batch, min(c.num_trials, (batch + 1) * c.bayesian_batch))]
-    search.train(batch_trials, search.max_epochs)
+    search.train(batch_trials, search.max_epochs, last=len(asked) + len(batch_trials) >= c.num_trials)
     asked += batch_trials
 
 
@@ -363,28 +458,46 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
   """Runs the search of `config` in `workdir`; writes and returns `results.json`
   (None if preempted: checkpoints were saved, and a rerun resumes)."""
   workdirs.check(config, workdir)
-  with workdirs.Hold(workdir):
-    workdirs.claim(config, workdir)
-    root = pathlib.Path(workdir)
-    if (root / 'results.json').exists():
-      results = json.loads((root / 'results.json').read_text())
-      if results.get('budget') == budget(config):
-        return results
-      logging.info('%s: the budget was raised from %s to %s; continuing the search.', workdir,
-                   results.get('budget'), budget(config))
-    data_config = _one_dataset(config, workdir)
-    task = input_pipeline.Task.of(input_pipeline.prepare(data_config, workdir))
-    search = Search(data_config, root, task, resolve_mode(config))
-    logging.info('Search %s over %s, epochs %s, %s.', config.search, list(search_space.axes(config)),
-                 epochs_allowed(config), search.mode)
-    try:
-      PLANS[config.search](search)
-      name, record = select(search.histories(), epochs_allowed(config))
-      winner = search.trials[name]
-      tested = final_model(search, winner, record)
-    except actions.Preempted:
-      tested = None
-    if tested is None:
-      logging.warning('Preempted: checkpoint saved; rerun the same command to resume.')
-      return None
-    return write_results(search, config, winner, record, *tested)
+  workdirs.claim(config, workdir)
+  root = pathlib.Path(workdir)
+  if (root / 'results.json').exists():
+    results = json.loads((root / 'results.json').read_text())
+    if results.get('budget') == budget(config):
+      return results
+    logging.info('%s: the budget was raised from %s to %s; continuing the search.', workdir,
+                 results.get('budget'), budget(config))
+  data_config = _one_dataset(config, workdir)
+  task = input_pipeline.Task.of(input_pipeline.prepare(data_config, workdir))
+  search = Search(data_config, root, task, resolve_mode(config), shard_of(config))
+  logging.info('Search %s over %s, epochs %s, %s, job %d of %d.', config.search, list(search_space.axes(config)),
+               epochs_allowed(config), search.mode, search.shard[0] + 1, search.shard[1])
+  try:
+    PLANS[config.search](search)
+    name, record = select(search.histories(), epochs_allowed(config))
+    return _finish(search, config, search.trials[name], record)
+  except actions.Preempted:
+    logging.warning('Preempted: checkpoint saved; rerun the same command to resume.')
+  except Waiting as pending:
+    logging.info('Job %d/%d has trained its trials; %d of the other jobs\' are not done yet %s. The last job '
+                 'to finish (or this command without a shard) selects, retrains and tests the winner.',
+                 search.shard[0] + 1, search.shard[1], len(pending.args[0]), pending.args[0][:5])
+  return None
+
+
+def _finish(search: Search, config: ml_collections.ConfigDict, winner: Trial, record: dict) -> dict[str, Any] | None:
+  """Retrains and tests the winner and writes the results, once: in the job that holds the
+  workdir for it (another finishing job is told so, and stops)."""
+  root = search.root
+  try:
+    hold = workdirs.Hold(str(root)).__enter__()
+  except workdirs.WorkdirBusyError as busy:
+    logging.info('Another job is retraining and testing the winner: %s', busy)
+    return None
+  try:
+    done = root / 'results.json'
+    if done.exists() and json.loads(done.read_text()).get('budget') == budget(config):
+      return json.loads(done.read_text())  # another job finished it meanwhile
+    tested = final_model(search, winner, record)
+    return tested and write_results(search, config, winner, record, *tested)
+  finally:
+    hold.__exit__(None, None, None)

@@ -1,6 +1,7 @@
 """A workdir's claim to one config, the config it records, and the hold of the run using it."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
@@ -10,6 +11,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Iterator
 
 from absl import logging
 import jax
@@ -88,6 +90,19 @@ def recorded_config(workdir: str) -> ml_collections.ConfigDict:
     raise NoRunError(f'{workdir} holds no run (no config.json): train there first with '
                      '--mode=train, or check the --workdir path.')
   return ml_collections.ConfigDict(json.loads(path.read_text())['config'])
+
+
+@contextlib.contextmanager
+def exclusive(path: pathlib.Path) -> Iterator[None]:
+  """Waits for, then holds, an flock on `path`: for work that jobs sharing a folder must
+  not do at once (generating and building a dataset)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _pid_start(pid: int) -> str | None:

@@ -43,7 +43,8 @@ def experiment() -> ml_collections.ConfigDict:
   c.halving = ml_collections.ConfigDict(dict(factor=3, min_epochs=1, brackets=1))  # brackets > 1: Hyperband
   c.bayesian_batch = 4  # trials asked of TPE at once, trained as one stack
   c.seeds = 1         # initialisations of each trial, trained in one stack on the same batches
-  c.grid_parallel = 'auto'   # 'stacked', 'sequential', or 'auto' (by device count)
+  c.grid_parallel = 'auto'   # 'sequential', 'stacked', 'parallel' (groups side by side on sub-meshes), 'auto'
+  c.shard = 'auto'  # 'i/N': this job's share of the search's trials; 'auto': from Slurm/Kubernetes/TPU VM
   c.retrain_splits = ('train',)  # the winner is retrained on these; () tests it as it was trained
 
   c.log_every_steps = 20

@@ -1,6 +1,14 @@
 """Shared fixtures: small generated sources and a helper that builds from them."""
+import os
 import pathlib
 import shutil
+import tempfile
+
+# One JAX compilation cache for the session and the main.py processes it starts (they inherit
+# the environment): the many tiny runs compile the same steps, once. Set before JAX starts.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='comicface_tests_jax_cache_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import pytest
 import tensorflow_datasets as tfds

@@ -1,0 +1,38 @@
+"""A search's groups side by side on disjoint sets of devices (run by tests/test_devices.py
+with N CPU devices): each trial ends as it does trained alone, one after another."""
+import json
+import os
+
+import jax
+import pytest
+
+from comicface import search
+from conftest import tiny_config
+
+pytestmark = pytest.mark.skipif(jax.device_count() < 2, reason='runs on several devices: tests/test_devices.py')
+
+
+def sixteen_trials(mode: str):
+  """4 shapes (filters) x 4 values (learning and dropout rates), 1 epoch."""
+  config = tiny_config(num_epochs=1, grid_parallel=mode)
+  config.grid.model = {'filters_1': (4, 8), 'filters_2': (4, 6), 'dropout_rate': (0.0, 0.5)}
+  config.grid.learning_rate = (1e-2, 3e-3)
+  return config
+
+
+def test_sixteen_trials_of_four_shapes_side_by_side_equal_one_after_another(tmp_path):
+  """The groups of a shape on sub-meshes at once, against each trial alone: run here on all
+  devices, or (COMICFACE_SEQUENTIAL_RESULTS) read from the driver's run on one device."""
+  parallel = search.run(sixteen_trials('parallel'), str(tmp_path / 'parallel'))
+  reference = os.environ.get('COMICFACE_SEQUENTIAL_RESULTS')
+  sequential = (json.loads(open(reference).read()) if reference
+                else search.run(sixteen_trials('sequential'), str(tmp_path / 'sequential')))
+  assert parallel['grid_parallel'] == 'parallel' and sequential['grid_parallel'] == 'sequential'
+  assert len(parallel['trials']) == 16
+  slots = search.device_slots(4)
+  assert len(slots) == min(4, jax.device_count()) and not set(slots[0]) & set(slots[-1])
+  for a, b in zip(parallel['trials'], sequential['trials']):
+    assert a['trial'] == b['trial'] and a['best_epoch'] == b['best_epoch']
+    assert a['val_accuracy'] == pytest.approx(b['val_accuracy'], abs=1e-6)
+    assert a['val_loss'] == pytest.approx(b['val_loss'], rel=1e-4)
+  assert parallel['winner'] == sequential['winner']

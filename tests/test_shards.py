@@ -1,0 +1,94 @@
+"""A search shared out over independent jobs in one workdir: every trial trains once, a
+dead job rerun resumes its own trials, and the end equals the single job's."""
+import json
+import subprocess
+import time
+
+import pytest
+
+from comicface import search, search_space
+from configs import cnn_grid
+from conftest import ROOT
+from test_reliability import TINY, main_cmd, run_main, wait_for
+
+# A tiny grid of 4 trials (2 learning rates x 2 dropout rates), trial after trial.
+GRID = ['--config=configs/cnn_grid.py:runlocal', *TINY[1:], '--config.num_epochs=2',
+        '--config.grid.model.filters_1=(8,)', '--config.grid.model.filters_2=(4,)',
+        '--config.grid_parallel=sequential']
+
+
+@pytest.mark.parametrize('count', [1, 2, 3, 4, 5])
+@pytest.mark.parametrize('mode', ['sequential', 'stacked'])
+def test_the_shares_cover_every_trial_once(count, mode):
+  trials, _ = search_space.expand(cnn_grid.get_config())
+  groups = search_space.groups(trials, mode)
+  shares = [search.assign(groups, i, count) for i in range(count)]
+  names = [t.name for share in shares for group in share for t in group]
+  assert sorted(names) == sorted(t.name for t in trials)  # each once
+  assert max(map(len, shares)) - min(map(len, shares)) <= 1  # and evenly
+  assert shares == [search.assign(groups, i, count) for i in range(count)]  # the same again
+
+
+@pytest.mark.parametrize('env, shard', [
+    ({}, (0, 1)),
+    ({'SLURM_ARRAY_TASK_ID': '3', 'SLURM_ARRAY_TASK_COUNT': '4'}, (3, 4)),
+    ({'SLURM_ARRAY_TASK_ID': '11', 'SLURM_ARRAY_TASK_MIN': '10', 'SLURM_ARRAY_TASK_COUNT': '2'}, (1, 2)),
+    ({'JOB_COMPLETION_INDEX': '2', 'COMICFACE_SHARDS': '5'}, (2, 5)),
+    ({'JOB_COMPLETION_INDEX': '2'}, (0, 1)),  # Kubernetes gives no count: COMICFACE_SHARDS does
+    ({'TPU_WORKER_ID': '1', 'TPU_WORKER_HOSTNAMES': 'w-0,w-1,w-2,w-3'}, (1, 4)),
+])
+def test_the_shard_comes_from_the_launchers_variables(env, shard):
+  config = cnn_grid.get_config()
+  assert search.shard_of(config, env) == shard
+  config.shard = '1/3'
+  assert search.shard_of(config, env) == (1, 3)  # an explicit shard wins
+  config.shard = ''
+  assert search.shard_of(config, env) == (0, 1)
+
+
+@pytest.fixture(scope='module')
+def single_job(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('single')
+  r = run_main(workdir, base=GRID)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return json.loads((workdir / 'results.json').read_text())
+
+
+def _same_search(a: dict, b: dict) -> None:
+  assert a['winner'] == b['winner'] and a['test_accuracy'] == b['test_accuracy']
+  assert [t['trial'] for t in a['trials']] == [t['trial'] for t in b['trials']]
+  for x, y in zip(a['trials'], b['trials']):
+    assert x['val_accuracy'] == pytest.approx(y['val_accuracy']) and x['val_loss'] == pytest.approx(y['val_loss'])
+
+
+@pytest.mark.slow
+def test_two_jobs_share_a_search_and_end_as_one_job(tmp_path, single_job):
+  workdir = tmp_path / 'w'
+  jobs = [subprocess.Popen(main_cmd(workdir, f'--config.shard={i}/2', base=GRID), cwd=ROOT, text=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
+  logs = [job.communicate(timeout=600)[1] for job in jobs]
+  assert [job.returncode for job in jobs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+  trained_by = [json.loads(p.read_text())['trained_by']['job'] for p in (workdir / 'trials').glob('*/trial.json')]
+  assert sorted(trained_by) == [[0, 2], [0, 2], [1, 2], [1, 2]]  # each trial once, two each
+  _same_search(json.loads((workdir / 'results.json').read_text()), single_job)
+
+
+@pytest.mark.slow
+def test_a_killed_job_rerun_on_its_shard_resumes_its_trials(tmp_path, single_job):
+  workdir = tmp_path / 'w'
+  first = subprocess.Popen(main_cmd(workdir, '--config.shard=0/2', base=GRID), cwd=ROOT, text=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  wait_for(first, 'epoch 2/2 step')  # the second epoch of its first trial, whose first is saved:
+  deadline = time.time() + 60
+  while not any(p.name.isdigit() for p in workdir.glob('trials/000_*/checkpoints/*')) and time.time() < deadline:
+    time.sleep(0.05)
+  first.kill()
+  first.wait()
+  assert first.returncode == -9 and not list((workdir / 'trials').glob('*/trial.json'))  # the kill took
+  other = run_main(workdir, '--config.shard=1/2', base=GRID)
+  assert other.returncode == 0 and 'has trained its trials' in other.stderr
+  assert not (workdir / 'results.json').exists()
+  rerun = run_main(workdir, '--config.shard=0/2', base=GRID)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert 'resumed from step' in rerun.stderr and 'Taking over' in rerun.stderr
+  _same_search(json.loads((workdir / 'results.json').read_text()), single_job)

@@ -9,6 +9,9 @@ from comicface import models
 from comicface import splits
 
 
+SEARCHES = ('grid', 'random', 'halving', 'bayesian')  # search.PLANS holds each one's plan
+
+
 def _get(config: ml_collections.ConfigDict, dotted: str):
   for part in dotted.split('.'):
     config = config[part]
@@ -41,7 +44,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not config.dataset.manual_dir:
     need(config.dataset.synthetic_pairs >= 25, 'dataset.synthetic_pairs', '>= 25 (fewer leave a split empty)')
     need(0 <= config.dataset.synthetic_difficulty <= 1, 'dataset.synthetic_difficulty', 'in [0, 1]')
-  one_of('search', ('grid', 'random', 'halving', 'bayesian'))
+  one_of('search', SEARCHES)
+  need(bool(config.grid) or config.search == 'grid', 'search', "'grid' where config.grid has no axes to search")
   need(config.num_trials >= 1, 'num_trials', '>= 1')
   need(config.seeds >= 1, 'seeds', '>= 1')
   need(config.bayesian_batch >= 1, 'bayesian_batch', '>= 1')

@@ -1,19 +1,10 @@
-"""A hyper-parameter search over `config.grid` (search_space.py), of kind `config.search`:
-
-  grid      every combination of the axes' values;
-  random    `config.num_trials` draws (values, and ranges);
-  halving   successive halving, or Hyperband with `config.halving.brackets` > 1: rungs in
-            epochs, a reduction `factor`; at each rung the losers leave their stack and the
-            survivors go on with their own parameters and optimizer state;
-  bayesian  TPE through Optuna's ask-and-tell (`pip install comicface[search]`),
-            `config.bayesian_batch` trials asked at once and trained as one stack.
-
-Each trial trains `config.seeds` initialisations in one stack, on the same batches, and
-may stop early (`config.early_stopping`). Trials keep their checkpoints and history in
-`trials/NAME/`, so every step of a search resumes, and raising its budget (trials,
-epochs) continues it. The best (trial, epoch) on validation wins; it is retrained on
-`config.retrain_splits` (or, with none, tested as trained), tested once, and reported
-beside a paired test against the runner-up.
+"""Hyper-parameter searches over `config.grid` (search_space.py): 'grid', 'random',
+'halving' (successive halving, Hyperband with brackets; the survivors of a rung go on with
+their own parameters and optimizer state) and 'bayesian' (TPE through Optuna's ask-and-tell,
+trained a batch of trials at a time); `PLANS` holds each. Trials keep their checkpoints and
+history in `trials/NAME/`, so a search resumes, a raised budget continues it, and
+independent jobs can share it (`config.shard`). The best (trial, epoch) on validation is
+retrained (or tested as trained), tested once, and compared with the runner-up.
 """
 from __future__ import annotations
 
@@ -31,6 +22,7 @@ from typing import Any, Callable
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -38,6 +30,7 @@ from comicface import actions
 from comicface import errors
 from comicface import input_pipeline
 from comicface import logs
+from comicface import models
 from comicface import report
 from comicface import search_space
 from comicface import stats
@@ -46,9 +39,6 @@ from comicface import train
 from comicface import workdir as workdirs
 
 Trial = search_space.Trial
-KINDS = ('grid', 'random', 'halving', 'bayesian')
-
-
 POLL_SECONDS = 2.0  # how often a job looks whether the other jobs' trials are done
 
 
@@ -90,10 +80,16 @@ def shard_of(config: ml_collections.ConfigDict, env: dict[str, str] | None = Non
   return 0, 1
 
 
-def assign(groups: list, index: int, count: int) -> list:
-  """This job's share of the groups of trials: every count-th, from its index (so each
-  group trains in exactly one job, and a job rerun on its index gets the same ones)."""
-  return groups[index::count]
+def assign(groups: list, index: int, count: int, cost: Callable[[Any], float] = lambda g: 1.0) -> list:
+  """This job's share of the groups of trials: each group, costliest first, goes to the job
+  with the least cost so far (the lowest index among equals), so each group trains in exactly
+  one job, the jobs' costs are even, and a job rerun on its index gets the same groups."""
+  loads, shares = [0.0] * count, [[] for _ in range(count)]
+  for group in sorted(groups, key=lambda g: -cost(g)):  # stable: the plan's order among equals
+    job = loads.index(min(loads))
+    loads[job] += cost(group)
+    shares[job].append(group)
+  return sorted(shares[index], key=groups.index)
 
 
 def device_slots(groups: int, devices: list | None = None) -> list[list]:
@@ -147,6 +143,20 @@ class Search:
   shared: SharedSteps = dataclasses.field(default_factory=SharedSteps)
   trials: dict[str, Trial] = dataclasses.field(default_factory=dict)
   rungs: list[dict] = dataclasses.field(default_factory=list)
+  flops: dict = dataclasses.field(default_factory=dict)  # per static config, for `cost`
+
+  def cost(self, group: list[Trial]) -> float:
+    """What training `group` costs, for sharing trials out evenly: its models' FLOPs per
+    image (XLA's estimate of one forward pass), times their seeds."""
+    def flops(config):
+      key = steps_lib.static_config(config)
+      if key not in self.flops:
+        model = models.create(key.model.to_dict(), len(self.task.classes), config.dtype)
+        x = jax.ShapeDtypeStruct((1, *self.task.image_shape), jnp.uint8)
+        variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+        self.flops[key] = float(jax.jit(model.apply).lower(variables, x).cost_analysis()['flops'])
+      return self.flops[key]
+    return sum(flops(t.config) for t in group) * self.config.seeds
 
   def folder(self, t: Trial) -> pathlib.Path:
     return self.root / 'trials' / t.name
@@ -172,7 +182,8 @@ class Search:
     Waiting instead. Raises actions.Preempted once a checkpoint is saved."""
     self.trials.update((t.name, t) for t in trials)
     stacking = 'sequential' if self.mode == 'sequential' else 'stacked'
-    mine = [t for g in assign(search_space.groups(trials, stacking), *self.shard) for t in g]  # by the plan alone
+    mine = [t for g in assign(search_space.groups(trials, stacking), *self.shard, cost=self.cost)
+            for t in g]  # by the plan alone
     by_start: dict[int, list[Trial]] = {}
     for t in mine:  # a stack trains members at one epoch
       if not self.done(t, epochs):

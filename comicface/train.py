@@ -93,9 +93,9 @@ class Run:
   hparams: steps_lib.HParams
   train: input_pipeline.Split
   validation: input_pipeline.Split
+  validation_labels: np.ndarray
   members: list[Member]
   restack: Callable[[int], steps_lib.Steps] | None = None  # the steps of a stack of n, for `drop`
-  validation_labels: np.ndarray | None = None
 
   @property
   def stacked(self) -> bool:
@@ -181,7 +181,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, members: Sequence[Mem
   if train.num_examples < config.batch_size:
     raise errors.ConfigError(f'config.batch_size={config.batch_size} is larger than the training set '
                              f'({train.num_examples} examples): lower it.')
-  run = Run(config, builder, steps, state, hparams, train, validation, members, restack, validation.labels())
+  run = Run(config, builder, steps, state, hparams, train, validation, validation.labels(), members, restack)
   for member in members:
     member.manager = checkpointing.manager(member.folder, member.config.keep_checkpoints)
   restored = checkpointing.restore_latest([m.manager for m in members],

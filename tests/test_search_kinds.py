@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from comicface import actions, search, search_space, train
+from comicface import actions, configuration, search, search_space, train
 from configs import cnn_grid
 from conftest import ROOT, override, tiny_config
 from test_reliability import final_params, wait_for
@@ -25,6 +25,10 @@ def tiny_search(kind: str, **overrides):
   config.grid.model = {'dropout_rate': (0.0, 0.5)}
   config.halving.factor = 2
   return config
+
+
+def test_every_search_kind_has_its_plan():
+  assert set(search.PLANS) == set(configuration.SEARCHES)
 
 
 def test_random_draws_are_seeded_and_extend_without_changing():

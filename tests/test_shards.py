@@ -19,14 +19,16 @@ GRID = ['--config=configs/cnn_grid.py:runlocal', *TINY[1:], '--config.num_epochs
 
 @pytest.mark.parametrize('count', [1, 2, 3, 4, 5])
 @pytest.mark.parametrize('mode', ['sequential', 'stacked'])
-def test_the_shares_cover_every_trial_once(count, mode):
+def test_the_shares_cover_every_trial_once_and_evenly(count, mode):
   trials, _ = search_space.expand(cnn_grid.get_config())
   groups = search_space.groups(trials, mode)
-  shares = [search.assign(groups, i, count) for i in range(count)]
+  cost = lambda group: sum(t.config.model.filters_1 * (1 + t.config.model.filters_2) for t in group)
+  shares = [search.assign(groups, i, count, cost) for i in range(count)]
   names = [t.name for share in shares for group in share for t in group]
   assert sorted(names) == sorted(t.name for t in trials)  # each once
-  assert max(map(len, shares)) - min(map(len, shares)) <= 1  # and evenly
-  assert shares == [search.assign(groups, i, count) for i in range(count)]  # the same again
+  loads = [sum(map(cost, share)) for share in shares]
+  assert max(loads) - min(loads) <= max(map(cost, groups))  # evenly, as far as whole groups allow
+  assert shares == [search.assign(groups, i, count, cost) for i in range(count)]  # the same again
 
 
 @pytest.mark.parametrize('env, shard', [

@@ -34,7 +34,7 @@ class Action:
     """After a block of `taken` train steps; `sums` are the epoch's so far."""
 
   def after_epoch(self, run: Run, records: list[Record]) -> None:
-    """After an epoch, with its record per trial (also appended to `run.histories`)."""
+    """After an epoch, with the record of each member (also appended to its history)."""
 
   def close(self) -> None:
     """When the loop ends, however it ends."""

@@ -42,7 +42,8 @@ class NoCheckpointError(errors.UserError, FileNotFoundError):
 
 def trained_run(workdir: str) -> tuple[str, ml_collections.ConfigDict, str | None]:
   """(folder, config, winning trial or None) of the model that training in `workdir`
-  made: the workdir itself for a run, its retrained winner (`final/`) for a search."""
+  made: the workdir itself for a run; for a search, its tested winner (`final/`, or the
+  winner's own folder where it was tested as trained)."""
   config = workdirs.recorded_config(workdir)
   if not config.grid:
     return workdir, config, None

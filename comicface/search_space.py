@@ -90,7 +90,7 @@ def trial(config: ml_collections.ConfigDict, index: int, values: dict[str, Any],
   for k, v in values.items():
     _set(c, k, v)
   c.num_epochs = epochs
-  c.grid = ml_collections.ConfigDict()
+  c.grid, c.search = ml_collections.ConfigDict(), 'grid'  # a trial is one run, not a search
   configuration.validate(c)
   shown = lambda v: f'{v:.4g}' if isinstance(v, float) else str(v)
   name = f'{index:03d}_' + '_'.join(f'{k.split(".")[-1]}={shown(v)}' for k, v in values.items())

@@ -33,7 +33,7 @@ def main() -> None:
   config.dataset.data_dir = str(root / 'tfds')
   config.num_epochs = a.epochs
   config.log_every_steps = 10_000
-  trials, epochs = search_space.expand(config)
+  trials = search_space.expand(config)
   builder = input_pipeline.prepare(config, str(root))
   task = input_pipeline.Task.of(builder)
   n = builder.info.splits['train'].num_examples

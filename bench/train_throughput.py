@@ -3,7 +3,7 @@
     python -m bench.train_throughput [--steps 30] [--dtype float32|bfloat16]
     python -m bench.train_throughput --json --model cnn --batch 32 [--optimizer sgd] [--dtype ...]
 
-Times the jitted, sharded train step and the predict step of comicface.train on
+Times the jitted, sharded train step and the predict step of comicface.steps on
 device-resident random batches (compilation excluded): the models' own speed, not
 the input pipeline's. `--json` prints one line for bench/compare.py.
 """
@@ -29,15 +29,9 @@ def rate(fn, n_steps: int, batch: int) -> float:
   return n_steps * batch / (time.perf_counter() - start)
 
 
-def task_of(config) -> input_pipeline.Task:
-  """The task of `config`'s dataset, without building it."""
-  c = input_pipeline.builder_config(config.dataset.name)
-  return input_pipeline.Task(('comic', 'face'), (c.size, c.size, 1 if c.mode == 'L' else 3))
-
-
 def setup(config) -> tuple[steps_lib.Steps, steps_lib.State, steps_lib.HParams]:
   """The steps, a fresh state and the values of `config`, on all devices."""
-  task = task_of(config)
+  task = input_pipeline.Task.of_name(config.dataset.name)
   steps = steps_lib.Steps(steps_lib.static_config(config), len(task.classes), task.image_shape,
                           steps_lib.make_mesh())
   return (steps, steps.init(jax.random.PRNGKey(config.seed)),
@@ -48,7 +42,7 @@ def random_block(steps: steps_lib.Steps, config) -> dict[str, jax.Array]:
   """`config.speed.steps_per_call` random batches, on the devices: what one train call takes."""
   rng = np.random.default_rng(0)
   k, b = config.speed.steps_per_call, config.batch_size
-  return steps.device_put({'image': rng.integers(0, 256, (k, b, *task_of(config).image_shape), dtype=np.uint8),
+  return steps.device_put({'image': rng.integers(0, 256, (k, b, *input_pipeline.Task.of_name(config.dataset.name).image_shape), dtype=np.uint8),
                            'label': rng.integers(0, 2, (k, b)).astype(np.int32)}, block=True)
 
 
@@ -59,7 +53,7 @@ def measure(config, n_steps: int, predict_batch: int = 256) -> dict[str, float]:
   block = random_block(steps, config)
   rng = np.random.default_rng(1)
   images = steps.device_put(
-      {'x': rng.integers(0, 256, (predict_batch, *task_of(config).image_shape), dtype=np.uint8)})['x']
+      {'x': rng.integers(0, 256, (predict_batch, *input_pipeline.Task.of_name(config.dataset.name).image_shape), dtype=np.uint8)})['x']
 
   def train_once():
     holder[0], m = steps.train(holder[0], hparams, block)

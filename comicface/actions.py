@@ -143,6 +143,7 @@ class EarlyStopping(Action):
 
 
 _PREEMPTED = threading.Event()  # set by SIGTERM; every run of the process sees it
+_HANDLING = [0]  # how deep handle_sigterm is entered
 
 
 def _on_sigterm(signum, frame) -> None:
@@ -151,31 +152,43 @@ def _on_sigterm(signum, frame) -> None:
   _PREEMPTED.set()
 
 
+def preempted() -> bool:
+  """Whether SIGTERM has asked this process to save and stop."""
+  return _PREEMPTED.is_set()
+
+
 @contextlib.contextmanager
 def handle_sigterm() -> Iterator[None]:
-  """While entered (in the main thread), SIGTERM asks every run of the process to save and stop."""
+  """While entered, SIGTERM asks every run of the process to save and stop. Entered around a
+  whole command (a search, a run); nested entries, and entries in other threads than the
+  main one, change nothing, so a request made between two trials is not lost."""
+  if threading.current_thread() is not threading.main_thread() or _HANDLING[0]:
+    _HANDLING[0] += 1
+    try:
+      yield
+    finally:
+      _HANDLING[0] -= 1
+    return
   _PREEMPTED.clear()
   previous = signal.signal(signal.SIGTERM, _on_sigterm)
+  _HANDLING[0] += 1
   try:
     yield
   finally:
+    _HANDLING[0] -= 1
     signal.signal(signal.SIGTERM, previous)
 
 
 class StopOnPreemption(Action):
-  """On SIGTERM (what a preemption sends) or Orbax's preemption notice: saves a checkpoint
-  at the next step (with the epoch's partial sums, so that the resumed epoch's record is
-  exact) and stops the loop (`Preempted`). Made in the main thread, it installs the SIGTERM
-  handler (and clears an earlier request); runs in other threads share it."""
+  """On SIGTERM (what a preemption sends; see `handle_sigterm`) or Orbax's preemption notice:
+  saves a checkpoint at the next step (with the epoch's partial sums, so that the resumed
+  epoch's record is exact) and stops the loop (`Preempted`)."""
 
   def __init__(self, check_nonfinite: bool = True):
     self.check_nonfinite = check_nonfinite
-    self._handler = handle_sigterm() if threading.current_thread() is threading.main_thread() else None
-    if self._handler:
-      self._handler.__enter__()
 
   def _due(self, run: Run) -> bool:
-    return _PREEMPTED.is_set() or run.members[0].manager.reached_preemption(run.step)
+    return preempted() or run.members[0].manager.reached_preemption(run.step)
 
   def after_steps(self, run: Run, sums: Metrics, taken: int) -> None:
     if run.step % run.steps_per_epoch and self._due(run):
@@ -191,10 +204,6 @@ class StopOnPreemption(Action):
       for member in run.members:
         checkpointing.wait(member.manager)
       raise Preempted
-
-  def close(self) -> None:
-    if self._handler:
-      self._handler.__exit__(None, None, None)
 
 
 def standard(run: Run, stop_on_nonfinite: bool = True) -> list[Action]:

@@ -49,13 +49,23 @@ def _files(folder: pathlib.Path) -> dict[str, dict]:
   return out
 
 
+_INTACT: dict[str, dict] = {}  # build folder: its files' sizes and mtimes when this process found it intact
+
+
+def _stats(folder: pathlib.Path) -> dict[str, tuple[int, int]]:
+  return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()}
+
+
 def damage(folder: pathlib.Path) -> str | None:
-  """What is wrong with the build in `folder` (None: intact, or not built at all)."""
+  """What is wrong with the build in `folder` (None: intact, or not built at all). Its files
+  are hashed again only where their sizes or times changed since this process last did."""
   manifest = folder / MANIFEST
   if not folder.exists():
     return None
   if not manifest.exists():
     return None if (folder / 'dataset_info.json').exists() else 'no dataset_info.json (an unfinished build)'
+  if _INTACT.get(str(folder)) == _stats(folder):
+    return None
   want, have = json.loads(manifest.read_text())['files'], _files(folder)
   for name, record in want.items():
     if name not in have:
@@ -64,6 +74,7 @@ def damage(folder: pathlib.Path) -> str | None:
       return f'{name} is {have[name]["size"]} bytes, {record["size"]} were written'
     if have[name] != record:
       return f'{name} changed since it was written (its SHA-256 differs)'
+  _INTACT[str(folder)] = _stats(folder)
   return None
 
 

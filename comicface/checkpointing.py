@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import pathlib
 import threading
 from typing import Any, Sequence
@@ -18,9 +19,11 @@ class CheckpointError(errors.UserError, RuntimeError):
   """A checkpoint could not be written (disk full, permissions...)."""
 
 
-def rank(metrics: dict[str, float]) -> tuple[float, float, float]:
-  """Orders checkpoints: higher val accuracy, then lower val loss, then earlier epoch."""
-  return (metrics['val_accuracy'], -metrics['val_loss'], -metrics['epoch'])
+def rank(record: dict[str, float]) -> tuple[float, float, float]:
+  """The order of epochs (and checkpoints, and trials), higher first: higher validation
+  accuracy, then lower validation loss, then an earlier epoch; a NaN ranks last."""
+  finite = lambda v: v if math.isfinite(v) else -math.inf
+  return (finite(record['val_accuracy']), finite(-record['val_loss']), -record['epoch'])
 
 
 def manager(workdir: str, keep_latest: int) -> ocp.CheckpointManager:

@@ -12,7 +12,8 @@ from comicface import splits
 SEARCHES = ('grid', 'random', 'halving', 'bayesian')  # search.PLANS holds each one's plan
 
 
-def _get(config: ml_collections.ConfigDict, dotted: str):
+def get(config: ml_collections.ConfigDict, dotted: str):
+  """The field `dotted` ('dataset.name') of `config`."""
   for part in dotted.split('.'):
     config = config[part]
   return config
@@ -22,10 +23,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the field and its valid range."""
   def need(ok: bool, field: str, valid: str) -> None:
     if not ok:
-      raise errors.ConfigError(f'config.{field}={_get(config, field)!r} is invalid: must be {valid}.')
+      raise errors.ConfigError(f'config.{field}={get(config, field)!r} is invalid: must be {valid}.')
 
   def one_of(field: str, choices: tuple) -> None:
-    need(_get(config, field) in choices, field, f'one of {list(choices)}')
+    need(get(config, field) in choices, field, f'one of {list(choices)}')
   models.validate(config.model)
   need(config.learning_rate > 0, 'learning_rate', '> 0')
   need(config.num_epochs >= 1, 'num_epochs', '>= 1')
@@ -38,6 +39,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   one_of('test_checkpoint', ('best', 'last'))
   one_of('dataset.split_scheme', splits.SCHEMES)
   need(0 < config.dataset.max_bad_fraction <= 1, 'dataset.max_bad_fraction', 'in (0, 1]')
+  for field, empty in (('train_splits', False), ('retrain_splits', True)):
+    splits_given = get(config, field)
+    need((empty or len(splits_given) > 0) and set(splits_given) <= {'train', 'validation'}, field,
+         "of 'train' and 'validation' (the test split is for the test)" + (', or () for none' if empty else ''))
   n = jax.device_count()
   need(config.batch_size >= 1 and config.batch_size % n == 0, 'batch_size',
        f'a positive multiple of the device count ({n})')

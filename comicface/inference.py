@@ -1,6 +1,6 @@
 """A trained model restored from its workdir: predict images, evaluate on any data.
 
-    model = comicface.load('runs/cnn')            # a run, or a search's retrained winner
+    model = comicface.load('runs/cnn')            # a run, or a search's tested winner
     model.predict(['a.jpg', pixels])              # class probabilities, one row per image
     model.evaluate(data='~/Downloads/v1.zip', split='all')
 
@@ -83,7 +83,7 @@ def load(workdir: str, config: ml_collections.ConfigDict | None = None, step: in
   finally:
     manager.close()
   if trial:
-    logging.info('%s: the search winner %s, retrained (checkpoint step %d).', workdir, trial, chosen)
+    logging.info('%s: the search winner %s (%s, checkpoint step %d).', workdir, trial, folder, chosen)
   return Model(workdir, folder, run_config, task, steps, state, chosen, chosen == tested, trial)
 
 
@@ -91,7 +91,7 @@ def load(workdir: str, config: ml_collections.ConfigDict | None = None, step: in
 class Model:
   """A restored model: `predict` images, `evaluate` data."""
   workdir: str
-  folder: str  # where its checkpoints are (the workdir, or a search's final/)
+  folder: str  # where its checkpoints are (the workdir, or a search's tested winner's)
   config: ml_collections.ConfigDict
   task: input_pipeline.Task
   steps: steps_lib.Steps
@@ -169,7 +169,7 @@ class Model:
       out = pathlib.Path(self.workdir) / 'evaluations'
       out.mkdir(exist_ok=True)
       suffix = '' if self.tested_step else f'-step{self.step}'
-      (out / f'{name}-{split}{suffix}.json').write_text(json.dumps(results, indent=2))
+      workdirs.write_json(out / f'{name}-{split}{suffix}.json', results)
     return results
 
 

@@ -9,7 +9,6 @@ function of `(seed, epoch, step)`, which is what makes resume exact.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
 from typing import Any, Iterator, Sequence
 
@@ -110,6 +109,13 @@ class Task:
     features = builder.info.features
     return cls(tuple(features['label'].names), tuple(features['image'].shape))
 
+  @classmethod
+  def of_name(cls, dataset_name: str) -> Task:
+    """The task of 'comic_faces/<config>' read off its builder config, without a build (for
+    benchmarks and tests; runs take it from the build)."""
+    c = builder_config(dataset_name)
+    return cls(comic_faces.CLASS_NAMES, (c.size, c.size, 1 if c.mode == 'L' else 3))
+
   @property
   def image_mode(self) -> str:
     """The colour mode of `imaging.load_image` that gives this shape."""
@@ -156,14 +162,21 @@ class Split:
             'label': np.asarray([r['label'] for r in records], np.int32)}
 
 
-@functools.lru_cache(maxsize=4)
-def _scheme_source(builder: tfds.core.DatasetBuilder, scheme: str, seed: int):
+_SCHEMES: dict[tuple[str, str], dict[str, np.ndarray]] = {}  # (build folder, scheme): its splits
+
+
+def _scheme_source(builder: tfds.core.DatasetBuilder, scheme: str) -> tuple[Any, dict[str, np.ndarray]]:
+  """The whole build as one source, and the positions of each split of `scheme` in it
+  (computed once per build and scheme in a process: it reads every example)."""
   source = builder.as_data_source('train+validation+test')
-  whole = Split(source, 1)
-  meta = [whole.records(range(i, min(i + 1024, len(source)))) for i in range(0, len(source), 1024)]
-  labels = np.asarray([r['label'] for chunk in meta for r in chunk])
-  index = np.asarray([r['index_in_class'] for chunk in meta for r in chunk])
-  return source, splits.COMPUTED[scheme](labels, index, seed)
+  key = (str(builder.data_dir), scheme)
+  if key not in _SCHEMES:
+    whole = Split(source, 1)
+    meta = [whole.records(range(i, min(i + 1024, len(source)))) for i in range(0, len(source), 1024)]
+    labels = np.asarray([r['label'] for chunk in meta for r in chunk])
+    index = np.asarray([r['index_in_class'] for chunk in meta for r in chunk])
+    _SCHEMES[key] = splits.COMPUTED[scheme](labels, index)
+  return source, _SCHEMES[key]
 
 
 def open_split(builder: tfds.core.DatasetBuilder, split: str | Sequence[str], global_batch: int,
@@ -173,12 +186,8 @@ def open_split(builder: tfds.core.DatasetBuilder, split: str | Sequence[str], gl
   names = [split] if isinstance(split, str) else list(split)
   if scheme == 'pairs':
     return Split(builder.as_data_source('+'.join(names)), global_batch)
-  source, parts = _scheme_source(builder, scheme, 0)
+  source, parts = _scheme_source(builder, scheme)
   return Split(source, global_batch, np.concatenate([parts[n] for n in names]))
-
-
-def steps_per_epoch(split: Split) -> int:
-  return split.num_examples // split.global_batch
 
 
 def train_batches(split: Split, seed: int, epoch: int, start_step: int = 0,

@@ -10,6 +10,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from comicface import checkpointing
 from comicface import stats
 
 def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -86,7 +87,7 @@ def _grid_png(trials: Sequence[dict], axes_names: Sequence[str], path: pathlib.P
 
 def _trials_png(trials: Sequence[dict], path: pathlib.Path) -> None:
   """Validation accuracy of every trial, best first, with its spread over seeds."""
-  ranked = sorted(trials, key=lambda t: (-t['val_accuracy'], t['val_loss']))
+  ranked = sorted(trials, key=lambda t: checkpointing.rank({**t, 'epoch': t['best_epoch']}), reverse=True)
   fig, ax = plt.subplots(figsize=(7, 0.8 + 0.25 * len(ranked)))
   ax.barh(range(len(ranked)), [t['val_accuracy'] for t in ranked],
           xerr=[t['val_accuracy_std'] for t in ranked], color='tab:blue')
@@ -119,7 +120,7 @@ def _search_section(results: dict[str, Any], trials: Sequence[dict], axes_names:
               _table([{'bracket': r['bracket'], 'epochs': r['epochs'], 'trials': len(r['trials']),
                        'survivors': ', '.join(r['survivors'])} for r in results['rungs']],
                      ['bracket', 'epochs', 'trials', 'survivors']), '']
-  ranked = sorted(trials, key=lambda t: (-t['val_accuracy'], t['val_loss'], t['best_epoch']))
+  ranked = sorted(trials, key=lambda t: checkpointing.rank({**t, 'epoch': t['best_epoch']}), reverse=True)
   columns = ['trial', *axes_names, 'best_epoch', 'val_accuracy', *(['val_accuracy_std'] if results['seeds'] > 1
                                                                   else []), 'val_loss', 'epochs_trained']
   if results['search'] == 'grid':
@@ -139,7 +140,8 @@ def _table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 def write(workdir: str, results: dict[str, Any], split: Any, probs: np.ndarray, classes: Sequence[str],
           trials: Sequence[dict] = (), axes_names: Sequence[str] = ()) -> None:
-  """Writes report.md, curves.png, confusion.png, misclassified.png (and grid.png for a grid).
+  """Writes report.md, curves.png, confusion.png, misclassified.png (and, for a search,
+  grid.png or trials.png).
 
   `split` is the test split (an input_pipeline.Split), `probs` its [example, class]
   probabilities in its order, `classes` the class names; `trials` the grid's table,

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from comicface import actions
+from comicface import checkpointing
 from comicface import errors
 from comicface import input_pipeline
 from comicface import logs
@@ -68,16 +69,21 @@ def shard_of(config: ml_collections.ConfigDict, env: dict[str, str] | None = Non
   spec = config.shard
   if spec and spec != 'auto':
     index, count = (int(x) for x in spec.split('/'))
-    return index, count
-  if spec != 'auto' or jax.process_count() > 1:
-    return 0, 1
-  if 'SLURM_ARRAY_TASK_ID' in env and 'SLURM_ARRAY_TASK_COUNT' in env:
-    return int(env['SLURM_ARRAY_TASK_ID']) - int(env.get('SLURM_ARRAY_TASK_MIN', 0)), int(env['SLURM_ARRAY_TASK_COUNT'])
-  if 'JOB_COMPLETION_INDEX' in env and 'COMICFACE_SHARDS' in env:
-    return int(env['JOB_COMPLETION_INDEX']), int(env['COMICFACE_SHARDS'])
-  if 'TPU_WORKER_ID' in env and env.get('TPU_WORKER_HOSTNAMES'):
-    return int(env['TPU_WORKER_ID']), len(env['TPU_WORKER_HOSTNAMES'].split(','))
-  return 0, 1
+  elif spec != 'auto' or jax.process_count() > 1:
+    index, count = 0, 1
+  elif 'SLURM_ARRAY_TASK_ID' in env and 'SLURM_ARRAY_TASK_COUNT' in env:
+    index = int(env['SLURM_ARRAY_TASK_ID']) - int(env.get('SLURM_ARRAY_TASK_MIN', 0))
+    count = int(env['SLURM_ARRAY_TASK_COUNT'])
+  elif 'JOB_COMPLETION_INDEX' in env and 'COMICFACE_SHARDS' in env:
+    index, count = int(env['JOB_COMPLETION_INDEX']), int(env['COMICFACE_SHARDS'])
+  elif 'TPU_WORKER_ID' in env and env.get('TPU_WORKER_HOSTNAMES'):
+    index, count = int(env['TPU_WORKER_ID']), len(env['TPU_WORKER_HOSTNAMES'].split(','))
+  else:
+    index, count = 0, 1
+  if not 0 <= index < count:
+    raise errors.ConfigError(f'This job is shard {index} of {count}, which does not exist: give '
+                             '--config.shard=i/N with 0 <= i < N (a Slurm array must count from its first index by 1).')
+  return index, count
 
 
 def assign(groups: list, index: int, count: int, cost: Callable[[Any], float] = lambda g: 1.0) -> list:
@@ -101,17 +107,13 @@ def device_slots(groups: int, devices: list | None = None) -> list[list]:
   return [devices[i:i + size] for i in range(0, n, size)][:groups]
 
 
-def _rank(record: dict) -> tuple[float, float, int]:
-  """Best first: higher validation accuracy, then lower loss, then fewer epochs; NaN last."""
-  bad = lambda v: not math.isfinite(v)
-  return (math.inf if bad(record['val_accuracy']) else -record['val_accuracy'],
-          math.inf if bad(record['val_loss']) else record['val_loss'], record['epoch'])
-
-
 def select(histories: dict[str, list[dict]], epochs: list[int]) -> tuple[str, dict]:
-  """(trial name, record) of the best (trial, epoch) over the allowed epoch counts."""
+  """(trial name, record) of the best (trial, epoch) by `checkpointing.rank` over the allowed
+  epoch counts; a trial that has none of them (stopped early, or a rung below them) is read
+  at the epochs it has."""
   candidates = [(name, r) for name, h in histories.items() for r in h if r['epoch'] in epochs]
-  return min(candidates, key=lambda c: _rank(c[1]))
+  candidates = candidates or [(name, r) for name, h in histories.items() for r in h]
+  return max(candidates, key=lambda c: checkpointing.rank(c[1]))  # the first of equals
 
 
 class SharedSteps:
@@ -165,6 +167,12 @@ class Search:
     path = self.folder(t) / 'trial.json'
     return json.loads(path.read_text()) if path.exists() else {'history': [], 'stopped': False}
 
+  def progress(self, t: Trial) -> int:
+    """The step the trial's members have checkpoints at (all of them), 0 if none."""
+    steps = [max((int(p.name) for p in pathlib.Path(m.folder, 'checkpoints').glob('*') if p.name.isdigit()),
+                 default=0) for m in self.members(t)]
+    return min(steps)
+
   def done(self, t: Trial, epochs: int) -> bool:
     record = self.record(t)
     return record['stopped'] or len(record['history']) >= epochs
@@ -185,19 +193,19 @@ class Search:
     mine = [t for g in assign(search_space.groups(trials, stacking), *self.shard, cost=self.cost)
             for t in g]  # by the plan alone
     by_start: dict[int, list[Trial]] = {}
-    for t in mine:  # a stack trains members at one epoch
+    for t in mine:  # a stack trains members at one step
       if not self.done(t, epochs):
-        by_start.setdefault(len(self.record(t)['history']), []).append(t)
+        by_start.setdefault(self.progress(t), []).append(t)
     self._train_groups([g for _, starting in sorted(by_start.items())
                         for g in search_space.groups(starting, stacking)], epochs)
     pending = [t.name for t in trials if not self.done(t, epochs)]
     if pending and last:
       raise Waiting(pending)
-    for seconds in itertools.count():
+    for polls in itertools.count():
       pending = [t.name for t in trials if not self.done(t, epochs)]
       if not pending:
         return
-      if seconds % max(1, int(60 / POLL_SECONDS)) == 0:
+      if polls % max(1, int(60 / POLL_SECONDS)) == 0:
         logging.info('Job %d/%d waits for %d trial(s) of the other jobs: %s', *self.shard, len(pending), pending[:5])
       time.sleep(POLL_SECONDS)
 
@@ -206,6 +214,8 @@ class Search:
     side on disjoint sets of devices, one thread per set taking the next group."""
     if self.mode != 'parallel' or len(groups) < 2:
       for group in groups:
+        if actions.preempted():  # asked between two groups
+          raise actions.Preempted
         self._train_group(group, epochs)
       return
     queue = list(reversed(groups))
@@ -214,13 +224,15 @@ class Search:
     def worker(devices):
       while True:
         with take:
-          if not queue:
+          if not queue or actions.preempted():
             return
           group = queue.pop()
         self._train_group(group, epochs, devices)
-    with actions.handle_sigterm(), concurrent.futures.ThreadPoolExecutor(len(groups)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(len(groups)) as pool:
       for future in [pool.submit(worker, slot) for slot in device_slots(len(groups))]:
         future.result()
+    if actions.preempted():
+      raise actions.Preempted
 
   def _train_group(self, group: list[Trial], epochs: int, devices: list | None = None) -> None:
     members = [m for t in group for m in self.members(t)]
@@ -237,20 +249,19 @@ class Search:
       if not finished:
         raise actions.Preempted
     if jax.process_index() == 0:
+      used = [d.id for d in run.steps.data.mesh.devices.flat]
       for t in group:
-        self._write_record(t, [m for m in members if m.trial == t.name], run.validation.num_examples)
+        self._write_record(t, [m for m in members if m.trial == t.name], run.validation.num_examples, used)
 
-  def _write_record(self, t: Trial, members: list[train.Member], num_val_examples: int) -> None:
+  def _write_record(self, t: Trial, members: list[train.Member], num_val_examples: int, devices: list[int]) -> None:
     history = steps_lib.mean_records([m.history for m in members])
+    trained_by = {'job': list(self.shard), 'pid': os.getpid(), 'devices': devices}
     record = {'name': t.name, 'values': t.values, 'history': history, 'stopped': any(m.stopped for m in members),
-              'num_val_examples': num_val_examples, 'trained_by': {'job': list(self.shard), 'pid': os.getpid()},
+              'num_val_examples': num_val_examples, 'trained_by': trained_by,
               'members': [{'name': m.name, 'history': m.history, 'val_correct': m.correct} for m in members]}
     folder = self.folder(t)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / 'trial.json.tmp'
-    tmp.write_text(json.dumps(record))
-    tmp.replace(folder / 'trial.json')
-    best = select({t.name: history}, epochs_allowed(self.config))[1]
+    workdirs.write_json(folder / 'trial.json', record)
+    best = select({t.name: history}, search_space.epochs_to_read(self.config))[1]
     writer = logs.Writer(str(folder), t.config)
     writer.hparams({k.split('.')[-1]: v for k, v in t.values.items()},
                    {'hparam/val_accuracy': best['val_accuracy'], 'hparam/best_epoch': best['epoch']})
@@ -262,32 +273,20 @@ class Search:
   @property
   def max_epochs(self) -> int:
     """What each trial trains for at most: the largest epoch count to read off."""
-    return max(epochs_allowed(self.config))
+    return max(search_space.epochs_to_read(self.config))
 
   def best(self, t: Trial, up_to: int | None = None) -> dict:
     """The trial's best record over the allowed epochs (up to `up_to`)."""
-    allowed = [e for e in epochs_allowed(self.config) if up_to is None or e <= up_to] or [up_to]
-    return select({t.name: self.record(t)['history']}, allowed)[1]
-
-
-def epochs_allowed(config: ml_collections.ConfigDict) -> list[int]:
-  return search_space.epochs_to_read(config)
-
-
-def _candidates(config: ml_collections.ConfigDict) -> list[Trial]:
-  """The grid's trials, or `config.num_trials` draws where the space has ranges."""
-  if search_space.has_ranges(config):
-    return [search_space.draw(config, i) for i in range(config.num_trials)]
-  return search_space.expand(config)[0]
+    history = [r for r in self.record(t)['history'] if up_to is None or r['epoch'] <= up_to]
+    return select({t.name: history}, search_space.epochs_to_read(self.config))[1]
 
 
 def grid(search: Search) -> None:
-  search.train(search_space.expand(search.config)[0], search.max_epochs, last=True)
+  search.train(search_space.expand(search.config), search.max_epochs, last=True)
 
 
 def random(search: Search) -> None:
-  search.train([search_space.draw(search.config, i) for i in range(search.config.num_trials)], search.max_epochs,
-               last=True)
+  search.train(search_space.draws(search.config), search.max_epochs, last=True)
 
 
 def rung_epochs(max_epochs: int, min_epochs: int, factor: int) -> list[int]:
@@ -308,14 +307,14 @@ def halving(search: Search) -> None:
     if s < 0:
       break
     rungs = full[bracket:]
-    if h.brackets == 1:
-      alive = _candidates(c)
+    if h.brackets == 1:  # the grid's trials, or draws where the space has ranges
+      alive = search_space.draws(c) if search_space.has_ranges(c) else search_space.expand(c)
     else:  # Hyperband: n_s = ceil((s_max + 1) / (s + 1) * factor^s) draws of its own
       n = math.ceil(len(full) / (s + 1) * h.factor ** s)
       alive = [search_space.draw(c, 1000 * (bracket + 1) + i, stream=bracket + 1) for i in range(n)]
     for i, epochs in enumerate(rungs):
       search.train(alive, epochs, last=bracket == h.brackets - 1 and i == len(rungs) - 1)
-      ranked = sorted(alive, key=lambda t: _rank(search.best(t, epochs)))
+      ranked = sorted(alive, key=lambda t: checkpointing.rank(search.best(t, epochs)), reverse=True)
       keep = len(ranked) if i == len(rungs) - 1 else max(1, len(ranked) // h.factor)
       search.rungs.append({'bracket': bracket, 'epochs': epochs, 'trials': [t.name for t in ranked],
                            'survivors': [t.name for t in ranked[:keep]]})
@@ -338,7 +337,7 @@ def bayesian(search: Search) -> None:
   config asks the same trials, and a resumed search asks what the first one did."""
   optuna = _optuna()
   c = search.config
-  space = {k: v for k, v in search_space.axes(c).items() if k != search_space.EPOCHS}
+  space = search_space.space(c)
 
   def distribution(v):
     if isinstance(v, search_space.Range):
@@ -390,13 +389,17 @@ def final_model(search: Search, winner: Trial, record: dict) -> tuple[dict[str, 
     folder = search.members(winner)[0].folder
     run = train.setup(winner.config, str(root), search.members(winner)[:1])
     try:
-      step = run.members[0].manager.best_step()
+      manager = run.members[0].manager
+      step = record['step'] if record['step'] in manager.all_steps() else manager.best_step()
+      if step != record['step']:  # the selected epoch's checkpoint was not kept (an epochs axis, seeds)
+        logging.warning('Testing %s at step %d, its best checkpoint kept: the selected step %d was not kept.',
+                        winner.name, step, record['step'])
       test_record, split, probs = train.test(run, step)
     finally:
       run.close()
     if jax.process_index() == 0:
       np.save(pathlib.Path(folder) / 'test_predictions.npy', probs)
-    return test_record, str(pathlib.Path(folder).relative_to(root))
+    return {**test_record, 'tested_step': step}, str(pathlib.Path(folder).relative_to(root))
   final = ml_collections.ConfigDict(winner.config.to_dict())
   final.num_epochs = record['epoch']
   final.train_splits = tuple(c.retrain_splits)
@@ -413,12 +416,15 @@ def final_model(search: Search, winner: Trial, record: dict) -> tuple[dict[str, 
   logging.info('Winner %s at epoch %d (val accuracy %.4f); retraining on %s.', winner.name,
                record['epoch'], record['val_accuracy'], '+'.join(final.train_splits))
   results = train.train_and_evaluate(final, str(folder), steps=search.shared.get(final, search.task, 1))
-  return results and ({k: results[k] for k in ('test_accuracy', 'test_loss', 'num_test_examples')}, 'final')
+  return results and ({**{k: results[k] for k in ('test_accuracy', 'test_loss', 'num_test_examples')},
+                       'tested_step': results['best_step']}, 'final')
 
 
-def budget(config: ml_collections.ConfigDict) -> dict[str, int]:
-  """What raising continues a search."""
-  return {'num_trials': config.num_trials, 'epochs': max(epochs_allowed(config))}
+def budget(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What a finished search is rerun for when it changes: raising the trials or epochs
+  continues the search; other retrain splits retrain the winner."""
+  return {'num_trials': config.num_trials, 'epochs': max(search_space.epochs_to_read(config)),
+          'retrain_splits': list(config.retrain_splits)}
 
 
 def write_results(search: Search, config: ml_collections.ConfigDict, winner: Trial, record: dict,
@@ -433,7 +439,7 @@ def write_results(search: Search, config: ml_collections.ConfigDict, winner: Tri
     table.append({'trial': name, **t.values, 'best_epoch': r['epoch'], 'val_accuracy': r['val_accuracy'],
                   'val_accuracy_std': float(np.std(accuracies)), 'val_loss': r['val_loss'],
                   'epochs_trained': len(histories[name]), 'stopped_early': search.record(t)['stopped']})
-  ranked = sorted(search.trials.values(), key=lambda t: _rank(search.best(t)))
+  ranked = sorted(search.trials.values(), key=lambda t: checkpointing.rank(search.best(t)), reverse=True)
   epochs_spent = sum(len(h) for h in histories.values())
   results = {**tested, 'search': config.search, 'chosen': winner.values, 'best_epoch': record['epoch'],
              'best_val_accuracy': record['val_accuracy'], 'best_val_loss': record['val_loss'],
@@ -444,12 +450,12 @@ def write_results(search: Search, config: ml_collections.ConfigDict, winner: Tri
              'config': config.to_dict()}
   if jax.process_index() == 0:
     root = search.root
-    (root / 'results.json').write_text(json.dumps(results, indent=2))
+    workdirs.write_json(root / 'results.json', results)
     folder = root / model_folder
     builder = input_pipeline.prepare(search.config, str(root))  # built: only checked
     test = input_pipeline.open_split(builder, 'test', config.batch_size, config.dataset.split_scheme)
     report.write(str(root), results, test, np.load(folder / 'test_predictions.npy'), search.task.classes,
-                 table, [k for k in search_space.axes(config) if k != search_space.EPOCHS])
+                 table, list(search_space.space(config)))
   return results
 
 
@@ -467,8 +473,13 @@ def _one_dataset(config: ml_collections.ConfigDict, workdir: str) -> ml_collecti
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
   """Runs the search of `config` in `workdir`; writes and returns `results.json`
-  (None if preempted: checkpoints were saved, and a rerun resumes)."""
-  workdirs.check(config, workdir)
+  (None if preempted: checkpoints were saved, and a rerun resumes; or where other jobs
+  sharing the search have trials left)."""
+  with actions.handle_sigterm():
+    return _run(config, workdir)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
   workdirs.claim(config, workdir)
   root = pathlib.Path(workdir)
   if (root / 'results.json').exists():
@@ -481,10 +492,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
   task = input_pipeline.Task.of(input_pipeline.prepare(data_config, workdir))
   search = Search(data_config, root, task, resolve_mode(config), shard_of(config))
   logging.info('Search %s over %s, epochs %s, %s, job %d of %d.', config.search, list(search_space.axes(config)),
-               epochs_allowed(config), search.mode, search.shard[0] + 1, search.shard[1])
+               search_space.epochs_to_read(config), search.mode, search.shard[0] + 1, search.shard[1])
   try:
     PLANS[config.search](search)
-    name, record = select(search.histories(), epochs_allowed(config))
+    name, record = select(search.histories(), search_space.epochs_to_read(config))
     return _finish(search, config, search.trials[name], record)
   except actions.Preempted:
     logging.warning('Preempted: checkpoint saved; rerun the same command to resume.')

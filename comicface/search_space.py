@@ -102,24 +102,29 @@ def epochs_to_read(config: ml_collections.ConfigDict) -> list[int]:
   return sorted(int(e) for e in axes(config).get(EPOCHS, ())) or list(range(1, config.num_epochs + 1))
 
 
-def _space(config: ml_collections.ConfigDict) -> dict[str, tuple | Range]:
+def space(config: ml_collections.ConfigDict) -> dict[str, tuple | Range]:
+  """The axes that make trials (all but the epochs axis)."""
   return {k: v for k, v in axes(config).items() if k != EPOCHS}
 
 
 def has_ranges(config: ml_collections.ConfigDict) -> bool:
-  return any(isinstance(v, Range) for v in _space(config).values())
+  return any(isinstance(v, Range) for v in space(config).values())
 
 
-def expand(config: ml_collections.ConfigDict) -> tuple[list[Trial], list[int]]:
-  """The grid's trials (the product of its axes) and the epoch counts to read off."""
-  space = _space(config)
-  ranged = [k for k, v in space.items() if isinstance(v, Range)]
+def expand(config: ml_collections.ConfigDict) -> list[Trial]:
+  """The grid's trials: the product of its axes."""
+  grid = space(config)
+  ranged = [k for k, v in grid.items() if isinstance(v, Range)]
   if ranged:
     raise errors.ConfigError(f'config.grid.{ranged[0]} is a range, which a grid cannot enumerate: give values, '
                              "or draw from it with config.search='random' (or 'halving', 'bayesian').")
-  epochs = epochs_to_read(config)
-  return [trial(config, i, dict(zip(space, combo)), max(epochs))
-          for i, combo in enumerate(itertools.product(*space.values()))], epochs
+  epochs = max(epochs_to_read(config))
+  return [trial(config, i, dict(zip(grid, combo)), epochs) for i, combo in enumerate(itertools.product(*grid.values()))]
+
+
+def draws(config: ml_collections.ConfigDict) -> list[Trial]:
+  """`config.num_trials` random trials (`draw`)."""
+  return [draw(config, i) for i in range(config.num_trials)]
 
 
 def draw(config: ml_collections.ConfigDict, index: int, stream: int = 0) -> Trial:
@@ -128,7 +133,7 @@ def draw(config: ml_collections.ConfigDict, index: int, stream: int = 0) -> Tria
   the number of draws keeps the earlier ones."""
   rng = np.random.default_rng([config.seed, stream, index])
   values = {k: v.draw(rng) if isinstance(v, Range) else v[int(rng.integers(len(v)))]
-            for k, v in _space(config).items()}
+            for k, v in space(config).items()}
   return trial(config, index, values, max(epochs_to_read(config)))
 
 

@@ -1,4 +1,4 @@
-"""Statistics of a search's results: confidence intervals and paired comparisons."""
+"""Statistics of results: confidence intervals, and paired comparisons of two models."""
 from __future__ import annotations
 
 import math

@@ -217,12 +217,12 @@ class Steps:
     kernels = resolve_kernels(config.speed.kernels)
     make = functools.partial(models.create, config.model.to_dict(), num_classes, config.dtype, kernels)
     tx = optimizer(config.optimizer)
-    self.mesh = mesh
+    self.stacked = stacked
     self.data = NamedSharding(mesh, P('data'))
     self.blocks = NamedSharding(mesh, P(None, 'data'))
     self.replicated = NamedSharding(mesh, P())
     self.state_sharding = NamedSharding(mesh, P('trial')) if stacked else self.replicated
-    slice_images = config.speed.cpu_slice_images * mesh.devices.size if kernels == 'cpu' else 0
+    slice_images = config.speed.cpu_slice_images * mesh.shape['data'] if kernels == 'cpu' else 0
     init = functools.partial(init_state, model=make(), tx=tx, image_shape=tuple(image_shape))
     train = functools.partial(train_block, model_fn=functools.partial(make, 'train'), tx=tx,
                               hflip=config.augment_hflip, slice_images=slice_images)
@@ -243,7 +243,5 @@ class Steps:
 
   def put_hparams(self, hparams: list[dict[str, float]]) -> HParams:
     """The values of one trial (a list of one) or of a stack of trials, on the mesh."""
-    stacked = {k: np.asarray([h[k] for h in hparams], np.float32) for k in hparams[0]}
-    if self.state_sharding is self.replicated:
-      stacked = {k: v[0] for k, v in stacked.items()}
-    return jax.device_put(stacked, self.state_sharding)
+    values = {k: np.asarray([h[k] for h in hparams], np.float32) for k in hparams[0]}
+    return jax.device_put(values if self.stacked else {k: v[0] for k, v in values.items()}, self.state_sharding)

@@ -54,8 +54,7 @@ def write_task(workdir: str, task: input_pipeline.Task) -> None:
   """Records the task in the workdir (process 0), so that its models restore without the data."""
   path = pathlib.Path(workdir) / TASK_FILE
   if jax.process_index() == 0 and not path.exists():
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dataclasses.asdict(task)))
+    workdirs.write_json(path, dataclasses.asdict(task))
 
 
 def read_task(workdir: str) -> input_pipeline.Task:
@@ -99,7 +98,7 @@ class Run:
 
   @property
   def stacked(self) -> bool:
-    return self.steps.state_sharding is not self.steps.replicated
+    return self.steps.stacked
 
   @property
   def steps_per_epoch(self) -> int:
@@ -277,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns None if preempted (a checkpoint was saved; rerun to resume). `steps`: see `setup`.
   """
   workdirs.check(config, workdir)
-  with workdirs.Hold(workdir):
+  with workdirs.Hold(workdir), actions_lib.handle_sigterm():
     workdirs.claim(config, workdir)
     return _train_and_evaluate(config, workdir, steps)
 
@@ -310,7 +309,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
              'best_val_accuracy': chosen['val_accuracy'], 'best_val_loss': chosen['val_loss'],
              'stopped_early': member.stopped, 'history': member.history, 'config': config.to_dict()}
   if jax.process_index() == 0:
-    results_path.write_text(json.dumps(results, indent=2))
+    workdirs.write_json(results_path, results)
     np.save(pathlib.Path(workdir) / 'test_predictions.npy', probs)  # [example, class], test split order
     report.write(workdir, results, test_split, probs, read_task(workdir).classes)
   logging.info('Test accuracy of checkpoint step %d (epoch %d): %.4f on %d images.', step,

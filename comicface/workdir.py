@@ -11,12 +11,13 @@ import socket
 import sys
 import threading
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 from absl import logging
 import jax
 import ml_collections
 
+from comicface import configuration
 from comicface import errors
 
 # Fields that change what a workdir's checkpoints mean; the rest (logging, the budget:
@@ -42,15 +43,9 @@ class WorkdirBusyError(errors.UserError, RuntimeError):
   """A live run holds the workdir."""
 
 
-def _get(config: ml_collections.ConfigDict, dotted: str):
-  for part in dotted.split('.'):
-    config = config[part]
-  return config
-
-
 def identity(config: ml_collections.ConfigDict) -> dict:
   """The IDENTITY fields of `config`, as JSON values."""
-  values = {k: _get(config, k) for k in IDENTITY}
+  values = {k: configuration.get(config, k) for k in IDENTITY}
   return json.loads(json.dumps({k: v.to_dict() if hasattr(v, 'to_dict') else v for k, v in values.items()}))
 
 
@@ -73,14 +68,19 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> bool:
   return True
 
 
+def write_json(path: pathlib.Path, value: Any) -> None:
+  """Writes `value` to `path` as JSON atomically: readers (other processes and jobs) see the
+  old file or the new one, never part of one, and writers of the same file do not collide."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f'.{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp')
+  tmp.write_text(json.dumps(value, indent=2))
+  tmp.replace(path)
+
+
 def claim(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Checks the workdir (see `check`), recording the config in a new one."""
   if not check(config, workdir) and jax.process_index() == 0:
-    path = pathlib.Path(workdir) / 'config.json'
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix('.tmp')  # other processes may be reading: write, then rename
-    tmp.write_text(json.dumps({'identity': identity(config), 'config': config.to_dict()}, indent=2))
-    tmp.replace(path)
+    write_json(pathlib.Path(workdir) / 'config.json', {'identity': identity(config), 'config': config.to_dict()})
 
 
 def recorded_config(workdir: str) -> ml_collections.ConfigDict:

@@ -28,7 +28,7 @@ def experiment() -> ml_collections.ConfigDict:
   c.batch_size = 32     # global, across all devices and processes
   c.num_epochs = 4
   c.augment_hflip = False  # mirror a random half of each training batch
-  c.train_splits = ('train',)  # ('train', 'validation') to retrain on both
+  c.train_splits = ('train',)  # the splits trained on: ('train', 'validation') for both
   c.test_checkpoint = 'best'   # tested at the end: 'best' by validation accuracy, or 'last'
   c.seed = 0
   c.dtype = 'float32'  # computation dtype; parameters and optimizer state stay float32
@@ -40,7 +40,7 @@ def experiment() -> ml_collections.ConfigDict:
   c.grid = ml_collections.ConfigDict(type_safe=False)  # an axis: values (1e-2, 1e-3), or 'log_uniform(1e-4, 1e-1)'
   c.search = 'grid'   # 'grid', 'random' (num_trials draws), 'halving', or 'bayesian' (TPE; needs optuna)
   c.num_trials = 16   # the draws of 'random' and 'bayesian' (and of 'halving' over ranges)
-  c.halving = ml_collections.ConfigDict(dict(factor=3, min_epochs=1, brackets=1))  # brackets > 1: Hyperband
+  c.halving = ml_collections.ConfigDict(dict(factor=3, min_epochs=1, brackets=1))  # brackets > 1: Hyperband, each its draws
   c.bayesian_batch = 4  # trials asked of TPE at once, trained as one stack
   c.seeds = 1         # initialisations of each trial, trained in one stack on the same batches
   c.grid_parallel = 'auto'   # 'sequential', 'stacked', 'parallel' (groups side by side on sub-meshes), 'auto'

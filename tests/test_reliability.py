@@ -180,13 +180,13 @@ def test_nan_midway_keeps_the_last_good_checkpoint(tmp_path):
   from comicface import actions, checkpointing, train  # pylint: disable=g-import-not-at-top
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
   run = train.setup(tiny_config(num_epochs=1), str(tmp_path))
-  assert train.fit(run, actions.standard(run, [str(tmp_path)]))
+  assert train.fit(run, actions.standard(run))
   good = run.members[0].manager.all_steps()
   template = run.state
   run.config = tiny_config(num_epochs=2)
   run.state = {**run.state, 'params': jax.tree.map(lambda x: x * np.inf, run.state['params'])}
   with pytest.raises(actions.NonFiniteLossError, match=r'train_loss is nan at step \d+'):
-    train.fit(run, actions.standard(run, [str(tmp_path)]))
+    train.fit(run, actions.standard(run))
   run.close()
   manager = checkpointing.manager(str(tmp_path), 2)
   assert manager.all_steps() == good

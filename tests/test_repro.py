@@ -61,7 +61,7 @@ def test_schemes_read_from_one_build(tmp_path):
 def test_repro_configs_follow_the_protocols(module, scheme):
   config = module.get_config()
   assert config.dataset.split_scheme == scheme
-  trials, epochs = search_space.expand(config)
+  trials, epochs = search_space.expand(config), search_space.epochs_to_read(config)
   if scheme == 'cnn_study':
     assert len(trials) == 16 and epochs == list(range(1, 11)) and config.optimizer == 'adam'
     assert config.dataset.name == 'comic_faces/gray128' and tuple(config.retrain_splits) == ('train',)
@@ -84,7 +84,7 @@ def test_repro_runlocal_runs_the_protocol(module, tmp_path):
   labels, index = np.repeat([0, 1], pairs), np.tile(np.argsort(np.argsort([str(i) for i in range(pairs)])), 2)
   test_size = len(splits.COMPUTED[config.dataset.split_scheme](labels, index)['test'])
   assert results['num_test_examples'] == test_size
-  trials, epochs = search_space.expand(config)
+  trials, epochs = search_space.expand(config), search_space.epochs_to_read(config)
   assert results['winner'] in [t.name for t in trials] and results['best_epoch'] in epochs
   assert len(results['trials']) == len(trials)
   assert results['test_accuracy'] >= 0.75  # chance is 0.5

@@ -10,7 +10,7 @@ import time
 import ml_collections
 import pytest
 
-from comicface import search, search_space
+from comicface import errors, search, search_space
 from configs import cnn_grid, mlp_grid
 from conftest import ROOT, Compiles, tiny_config
 
@@ -23,7 +23,8 @@ def tiny_grid(**overrides):
 
 
 def test_cnn_grid_expands_to_the_studys_16_trials():
-  trials, epochs = search_space.expand(cnn_grid.get_config())
+  config = cnn_grid.get_config()
+  trials, epochs = search_space.expand(config), search_space.epochs_to_read(config)
   assert len(trials) == 16 and epochs == list(range(1, 11))
   combos = {(t.config.model.filters_1, t.config.model.filters_2, t.config.model.dropout_rate,
              t.config.learning_rate) for t in trials}
@@ -36,7 +37,8 @@ def test_cnn_grid_expands_to_the_studys_16_trials():
 
 
 def test_epochs_axis_costs_one_run():
-  trials, epochs = search_space.expand(mlp_grid.get_config())
+  config = mlp_grid.get_config()
+  trials, epochs = search_space.expand(config), search_space.epochs_to_read(config)
   assert epochs == [1, 3, 5]
   assert [t.config.learning_rate for t in trials] == [1e-2, 1e-3]
   assert all(t.config.num_epochs == 5 for t in trials)
@@ -45,9 +47,9 @@ def test_epochs_axis_costs_one_run():
 def test_grid_override_and_unknown_axis():
   config = cnn_grid.get_config()
   config.grid.learning_rate = (0.1,)
-  assert len(search_space.expand(config)[0]) == 8
+  assert len(search_space.expand(config)) == 8
   config.grid.model.no_such_field = (1, 2)
-  with pytest.raises(ValueError, match="'model.no_such_field', which is not a config field"):
+  with pytest.raises(errors.ConfigError, match="'model.no_such_field', which is not a config field"):
     search_space.expand(config)
 
 
@@ -131,7 +133,7 @@ def test_interrupted_grid_skips_finished_trials_and_resumes(tmp_path, caplog, se
   env = {**os.environ, 'PYTHONPATH': f'{ROOT}{os.pathsep}{ROOT / "tests"}'}
   proc = subprocess.Popen([sys.executable, '-c', script, str(workdir)], env=env, cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  trials, _ = search_space.expand(tiny_grid())
+  trials = search_space.expand(tiny_grid())
   first, second = (workdir / 'trials' / t.name for t in trials[:2])
   deadline = time.time() + 240
   while time.time() < deadline and not any(
@@ -160,7 +162,7 @@ def test_grid_is_overridden_from_the_command_line():
             'import main\n'
             'from comicface import search_space\n'
             'main.FLAGS(sys.argv)\n'
-            'trials, _ = search_space.expand(main.FLAGS.config)\n'
+            'trials = search_space.expand(main.FLAGS.config)\n'
             'print(json.dumps([[t.config.model.filters_1, t.config.learning_rate] for t in trials]))\n')
   r = subprocess.run([sys.executable, '-c', script, '--config=configs/cnn_grid.py', '--workdir=unused',
                       '--config.grid.learning_rate=(0.1,0.01,0.001)', '--config.grid.model.filters_1=(64,)'],

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from comicface import actions, configuration, search, search_space, train
+from comicface import actions, configuration, errors, search, search_space, train
 from configs import cnn_grid
 from conftest import ROOT, override, tiny_config
 from test_reliability import final_params, wait_for
@@ -45,7 +45,7 @@ def test_random_draws_are_seeded_and_extend_without_changing():
   other = override(cnn_grid.get_config(), seed=1)
   other.grid.learning_rate = 'log_uniform(1e-4, 1e-1)'
   assert search_space.draw(other, 0).values != search_space.draw(config, 0).values  # seeded
-  with pytest.raises(ValueError, match='is a range, which a grid cannot enumerate'):
+  with pytest.raises(errors.ConfigError, match='is a range, which a grid cannot enumerate'):
     search_space.expand(config)
 
 
@@ -53,7 +53,7 @@ def test_random_draws_are_seeded_and_extend_without_changing():
 def test_bad_ranges_are_named(spec):
   config = cnn_grid.get_config()
   config.grid.learning_rate = spec
-  with pytest.raises(ValueError, match=r'config.grid.learning_rate=.* is invalid'):
+  with pytest.raises(errors.ConfigError, match=r'config.grid.learning_rate=.* is invalid'):
     search_space.axes(config)
 
 
@@ -137,7 +137,7 @@ def test_halving_survivors_go_on_as_a_sequential_run_of_their_trial(halving_stac
   """Each survivor, sliced out of its stack at the rung with its parameters and optimizer
   state, ends where a run of that trial alone ends (float tolerance)."""
   workdir, results = halving_stacked
-  trials = {t.name: t for t in search_space.expand(tiny_search('halving'))[0]}
+  trials = {t.name: t for t in search_space.expand(tiny_search('halving'))}
   for name in results['rungs'][0]['survivors']:
     alone = tmp_path / name
     train.train_and_evaluate(trials[name].config, str(alone))

@@ -20,7 +20,7 @@ GRID = ['--config=configs/cnn_grid.py:runlocal', *TINY[1:], '--config.num_epochs
 @pytest.mark.parametrize('count', [1, 2, 3, 4, 5])
 @pytest.mark.parametrize('mode', ['sequential', 'stacked'])
 def test_the_shares_cover_every_trial_once_and_evenly(count, mode):
-  trials, _ = search_space.expand(cnn_grid.get_config())
+  trials = search_space.expand(cnn_grid.get_config())
   groups = search_space.groups(trials, mode)
   cost = lambda group: sum(t.config.model.filters_1 * (1 + t.config.model.filters_2) for t in group)
   shares = [search.assign(groups, i, count, cost) for i in range(count)]

@@ -4,14 +4,14 @@ import jax
 import numpy as np
 import pytest
 
-from bench.train_throughput import task_of
+from comicface import input_pipeline
 from comicface import steps as steps_lib
 from conftest import override, tiny_config
 from configs import mlp, repro_mlp_study, resnet
 
 
 def make(config, trials: int = 1, stacked: bool = False, devices=None):
-  task = task_of(config)
+  task = input_pipeline.Task.of_name(config.dataset.name)
   return steps_lib.Steps(steps_lib.static_config(config), len(task.classes), task.image_shape,
                          steps_lib.make_mesh(trials, devices), stacked)
 
@@ -19,7 +19,7 @@ def make(config, trials: int = 1, stacked: bool = False, devices=None):
 def random_batches(config, n: int, seed: int = 0) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
   b = config.batch_size
-  return {'image': rng.integers(0, 256, (n, b, *task_of(config).image_shape), dtype=np.uint8),
+  return {'image': rng.integers(0, 256, (n, b, *input_pipeline.Task.of_name(config.dataset.name).image_shape), dtype=np.uint8),
           'label': rng.integers(0, 2, (n, b)).astype(np.int32)}
 
 
@@ -52,18 +52,21 @@ def test_blocks_of_steps_match_single_steps(config):
 
 
 def test_slices_of_the_batch_train_and_predict_as_the_whole_batch():
-  """The CNN on slices of 2 images (no dropout, whose masks differ by slice) gives the whole
-  batch's loss, parameters and predictions."""
-  whole, sliced = (tiny_config(**{'model.dropout_rate': 0.0, 'speed.cpu_slice_images': k}) for k in (0, 2))
+  """The CNN on slices of 2 images gives the whole batch's loss and parameters (dropout
+  included: each example draws its own mask), and its predictions."""
+  whole, sliced = (tiny_config(**{'speed.cpu_slice_images': k}) for k in (0, 2))
+  assert steps_lib.resolve_kernels('auto') == 'cpu'  # the premise: slicing is on (CPU kernels)
   host = random_batches(whole, 2)
   (state_w, sums_w), (state_s, sums_s) = (train_over(make(c), c, host, (0, 1, 2)) for c in (whole, sliced))
   assert_close(sums_w, sums_s)
   assert_close(state_w['params'], state_s['params'], rtol=1e-4)
+  images = host['image'][0]
+  probs = [make(c).predict(state_w, jax.device_put(images, make(c).data)) for c in (whole, sliced)]
+  np.testing.assert_allclose(probs[0], probs[1], rtol=1e-5, atol=1e-6)
 
 
 def test_a_prediction_in_chunks_matches_one_pass():
-  config = tiny_config()
-  whole, chunked = make(override(tiny_config(), **{'speed.predict_chunk': 0})), make(config)
+  whole, chunked = make(override(tiny_config(), **{'speed.predict_chunk': 0})), make(tiny_config())
   state = whole.init(jax.random.PRNGKey(0))
   images = np.random.default_rng(0).integers(0, 256, (64, 128, 128, 1), dtype=np.uint8)
   probs = whole.predict(state, jax.device_put(images, whole.data))
@@ -94,13 +97,11 @@ def test_a_stack_of_trials_trains_each_as_alone():
 
 def test_hflip_mirrors_images_and_nothing_else():
   """With no dropout (the MLP), a flip only matters for images that are not mirror-symmetric."""
-  config = repro_mlp_study.get_config()
   rng = np.random.default_rng(0)
   half = rng.integers(0, 256, (1, 16, 24, 12, 3), dtype=np.uint8)
   symmetric = np.concatenate([half, half[:, :, :, ::-1]], axis=3)
   asymmetric = rng.integers(0, 256, (1, 16, 24, 24, 3), dtype=np.uint8)
   labels = rng.integers(0, 2, (1, 16)).astype(np.int32)
-  config.batch_size = 16
 
   def params_after(images, hflip):
     c = override(repro_mlp_study.get_config(), augment_hflip=hflip, batch_size=16)

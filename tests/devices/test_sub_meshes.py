@@ -29,8 +29,10 @@ def test_sixteen_trials_of_four_shapes_side_by_side_equal_one_after_another(tmp_
                 else search.run(sixteen_trials('sequential'), str(tmp_path / 'sequential')))
   assert parallel['grid_parallel'] == 'parallel' and sequential['grid_parallel'] == 'sequential'
   assert len(parallel['trials']) == 16
-  slots = search.device_slots(4)
-  assert len(slots) == min(4, jax.device_count()) and not set(slots[0]) & set(slots[-1])
+  used = {tuple(json.loads(p.read_text())['trained_by']['devices'])
+          for p in (tmp_path / 'parallel' / 'trials').glob('*/trial.json')}
+  assert len(used) == min(4, jax.device_count())  # the premise: the groups ran on sub-meshes...
+  assert all(not set(a) & set(b) for a in used for b in used if a != b)  # ...of disjoint devices
   for a, b in zip(parallel['trials'], sequential['trials']):
     assert a['trial'] == b['trial'] and a['best_epoch'] == b['best_epoch']
     assert a['val_accuracy'] == pytest.approx(b['val_accuracy'], abs=1e-6)

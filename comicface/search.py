@@ -109,8 +109,8 @@ def device_slots(groups: int, devices: list | None = None) -> list[list]:
 
 def select(histories: dict[str, list[dict]], epochs: list[int]) -> tuple[str, dict]:
   """(trial name, record) of the best (trial, epoch) by `checkpointing.rank` over the allowed
-  epoch counts; a trial that has none of them (stopped early, or a rung below them) is read
-  at the epochs it has."""
+  epoch counts; where no trial has any of them (stopped early, or a rung below them), over
+  the epochs they have."""
   candidates = [(name, r) for name, h in histories.items() for r in h if r['epoch'] in epochs]
   candidates = candidates or [(name, r) for name, h in histories.items() for r in h]
   return max(candidates, key=lambda c: checkpointing.rank(c[1]))  # the first of equals
@@ -198,13 +198,12 @@ class Search:
         by_start.setdefault(self.progress(t), []).append(t)
     self._train_groups([g for _, starting in sorted(by_start.items())
                         for g in search_space.groups(starting, stacking)], epochs)
-    pending = [t.name for t in trials if not self.done(t, epochs)]
-    if pending and last:
-      raise Waiting(pending)
     for polls in itertools.count():
       pending = [t.name for t in trials if not self.done(t, epochs)]
       if not pending:
         return
+      if last:
+        raise Waiting(pending)
       if polls % max(1, int(60 / POLL_SECONDS)) == 0:
         logging.info('Job %d/%d waits for %d trial(s) of the other jobs: %s', *self.shard, len(pending), pending[:5])
       time.sleep(POLL_SECONDS)
@@ -367,12 +366,11 @@ PLANS: dict[str, Callable[[Search], None]] = {'grid': grid, 'random': random, 'h
 def compare(search: Search, winner: Trial, runner_up: Trial) -> dict[str, Any]:
   """McNemar's exact test of the winner against the runner-up, each at its best epoch, on
   the same validation examples (one test per seed)."""
-  n = search.record(winner)['num_val_examples']
-  tests = []
-  for a, b in zip(search.record(winner)['members'], search.record(runner_up)['members']):
-    right = [stats.unpack(m['val_correct'][search.best(t)['epoch'] - 1], n)
-             for m, t in ((a, winner), (b, runner_up))]
-    tests.append(stats.paired(*right))
+  records = [search.record(t) for t in (winner, runner_up)]
+  epochs = [search.best(t)['epoch'] for t in (winner, runner_up)]
+  n = records[0]['num_val_examples']
+  tests = [stats.paired(*(stats.unpack(m['val_correct'][e - 1], n) for m, e in zip(pair, epochs)))
+           for pair in zip(records[0]['members'], records[1]['members'])]
   p = tests[0]['p_value']
   verdict = (f'the search cannot tell {winner.name} from {runner_up.name}: p = {p:.3g} on {n} validation '
              'images (McNemar, exact); either is as good a choice' if p >= 0.05 else
@@ -431,15 +429,16 @@ def write_results(search: Search, config: ml_collections.ConfigDict, winner: Tri
                   tested: dict[str, Any], model_folder: str) -> dict[str, Any]:
   """`results.json` and the report of a finished search (process 0 writes them)."""
   histories = search.histories()
+  bests = {name: search.best(t) for name, t in search.trials.items()}
   table = []
   for name, t in search.trials.items():
-    r = search.best(t)
-    members = search.record(t)['members']
-    accuracies = [next(h for h in m['history'] if h['epoch'] == r['epoch'])['val_accuracy'] for m in members]
+    r, trial_record = bests[name], search.record(t)
+    accuracies = [next(h for h in m['history'] if h['epoch'] == r['epoch'])['val_accuracy']
+                  for m in trial_record['members']]
     table.append({'trial': name, **t.values, 'best_epoch': r['epoch'], 'val_accuracy': r['val_accuracy'],
                   'val_accuracy_std': float(np.std(accuracies)), 'val_loss': r['val_loss'],
-                  'epochs_trained': len(histories[name]), 'stopped_early': search.record(t)['stopped']})
-  ranked = sorted(search.trials.values(), key=lambda t: checkpointing.rank(search.best(t)), reverse=True)
+                  'epochs_trained': len(histories[name]), 'stopped_early': trial_record['stopped']})
+  ranked = sorted(search.trials.values(), key=lambda t: checkpointing.rank(bests[t.name]), reverse=True)
   epochs_spent = sum(len(h) for h in histories.values())
   results = {**tested, 'search': config.search, 'chosen': winner.values, 'best_epoch': record['epoch'],
              'best_val_accuracy': record['val_accuracy'], 'best_val_loss': record['val_loss'],

@@ -4,10 +4,13 @@
   python main.py --workdir=DIR --mode=evaluate [--split=test|all] [--step=N] [--data=PATH]
   python main.py --workdir=DIR --mode=predict --images='photos/*.jpg'
 """
+import ast
+import contextlib
 import sys
 
 from absl import app
 from absl import flags
+import ml_collections
 from ml_collections import config_flags
 
 from comicface import host  # sets XLA flags for CPUs before JAX starts
@@ -28,15 +31,40 @@ config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/defau
 flags.mark_flags_as_required(['workdir'])
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with a message instead of a traceback for a bad --config.FIELD."""
+GRID_FLAG = '--config.grid.'
+
+
+def _value(text: str):
+  """A flag's value as Python reads it ('(1e-2, 1e-3)' is a tuple), else the string itself."""
   try:
-    return FLAGS(argv)
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a message instead of a traceback for a bad --config.FIELD. A grid
+  axis (--config.grid.FIELD=VALUES) may be added to any config, whose grid is otherwise locked."""
+  axes = [a[len(GRID_FLAG):].split('=', 1) for a in argv if a.startswith(GRID_FLAG) and '=' in a]
+  try:
+    rest = FLAGS([a for a in argv if not (a.startswith(GRID_FLAG) and '=' in a)])
   except flags.Error as e:
     sys.exit(f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.')
   except Exception as e:  # pylint: disable=broad-except  (ml_collections raises plain errors)
     sys.exit(f'FATAL Flags parsing error: {type(e).__name__}: {e}\n'
              'A --config.FIELD override names no field of the config, or gives it a value it cannot take.')
+  if axes and FLAGS.config is None:
+    sys.exit('FATAL Flags parsing error: --config.grid.FIELD needs --config=configs/NAME.py.')
+  with FLAGS.config.grid.unlocked() if axes else contextlib.nullcontext():
+    for dotted, text in axes:
+      *parents, leaf = dotted.split('.')
+      grid = FLAGS.config.grid
+      for part in parents:
+        if part not in grid:
+          grid[part] = ml_collections.ConfigDict(type_safe=False)
+        grid = grid[part]
+      grid[leaf] = _value(text)
+  return rest
 
 
 def main(argv):

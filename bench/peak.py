@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.train_throughput import config_for, random_block, rate, setup
+from bench.train_throughput import config_for, random_block, rate, setup, trainer
 
 
 def dot_gflops(n: int, dtype) -> float:
@@ -54,13 +54,8 @@ def main() -> None:
     config = config_for('cnn', a.batch, dtype, 'adam')
     steps, state, hparams = setup(config)
     batch = random_block(steps, config)  # one step per call (the CNN config's steps_per_call)
-    flops = steps.train.lower(state, hparams, batch).compile().cost_analysis()['flops']
-    holder = [state]
-
-    def once():
-      holder[0], m = steps.train(holder[0], hparams, batch)
-      return m
-    img_s = rate(once, a.steps, a.batch)
+    flops = steps.train.lower(state, hparams, batch, steps.put_sums(1)).compile().cost_analysis()['flops']
+    img_s = rate(trainer(steps, state, hparams, batch), a.steps, a.batch)
     achieved = flops * img_s / a.batch / 1e9
     print(f'{dtype:<9} peak {peak:7.1f} GFLOP/s; CNN train step {flops / 1e9:6.2f} GFLOP per batch of '
           f'{a.batch}, {img_s:6.1f} img/s = {achieved:6.1f} GFLOP/s = {achieved / peak:5.1%} of peak',

@@ -22,10 +22,10 @@ from bench.compare import PEERS, ROOT, peer_python
 from comicface import stats
 
 
-def export(build_root: pathlib.Path, source: pathlib.Path, out: pathlib.Path) -> None:
-  """The built splits (gray128) as uint8 arrays for the peer: the very images comicface trains on."""
+def export(build_root: pathlib.Path, source: pathlib.Path, out: pathlib.Path, config: str = 'gray128') -> None:
+  """The built splits (of `config`) as uint8 arrays for a peer: the very images comicface trains on."""
   from comicface import build_dataset  # pylint: disable=g-import-not-at-top
-  builder = build_dataset.build(str(source), 'gray128', str(build_root))
+  builder = build_dataset.build(str(source), config, str(build_root))
   arrays = {}
   for split, name in (('train', 'train'), ('validation', 'val'), ('test', 'test')):
     records = list(builder.as_data_source(split))

@@ -10,6 +10,7 @@ the input pipeline's. `--json` prints one line for bench/compare.py.
 import argparse
 import json
 import time
+from typing import Callable
 
 from comicface import host  # XLA flags for CPUs, before JAX starts
 import jax
@@ -39,28 +40,37 @@ def setup(config) -> tuple[steps_lib.Steps, steps_lib.State, steps_lib.HParams]:
 
 
 def random_block(steps: steps_lib.Steps, config) -> dict[str, jax.Array]:
-  """`config.speed.steps_per_call` random batches, on the devices: what one train call takes."""
+  """`steps.steps_per_call` random batches, on the devices: what one train call takes."""
   rng = np.random.default_rng(0)
-  k, b = config.speed.steps_per_call, config.batch_size
-  return steps.device_put({'image': rng.integers(0, 256, (k, b, *input_pipeline.Task.of_name(config.dataset.name).image_shape), dtype=np.uint8),
+  k, b = steps.steps_per_call, config.batch_size
+  shape = input_pipeline.Task.of_name(config.dataset.name).image_shape
+  return steps.device_put({'image': rng.integers(0, 256, (k, b, *shape), dtype=np.uint8),
                            'label': rng.integers(0, 2, (k, b)).astype(np.int32)}, block=True)
+
+
+def trainer(steps: steps_lib.Steps, state: steps_lib.State, hparams: steps_lib.HParams,
+            block: dict[str, jax.Array], members: int = 1) -> Callable[[], steps_lib.Metrics]:
+  """A function that trains `state` (and keeps it) on `block` once per call; returns the sums."""
+  holder = [state, steps.put_sums(members)]
+
+  def once():
+    holder[0], holder[1] = steps.train(holder[0], hparams, block, holder[1])
+    return holder[1]
+  return once
 
 
 def measure(config, n_steps: int, predict_batch: int = 256) -> dict[str, float]:
   """Train and predict images/s of `config`'s model (`n_steps` steps, rounded up to whole calls)."""
   steps, state, hparams = setup(config)
-  holder = [state]
   block = random_block(steps, config)
   rng = np.random.default_rng(1)
-  images = steps.device_put(
-      {'x': rng.integers(0, 256, (predict_batch, *input_pipeline.Task.of_name(config.dataset.name).image_shape), dtype=np.uint8)})['x']
-
-  def train_once():
-    holder[0], m = steps.train(holder[0], hparams, block)
-    return m
-  k = config.speed.steps_per_call
-  return {'train_img_s': rate(train_once, -(-n_steps // k), k * config.batch_size),
-          'predict_img_s': rate(lambda: steps.predict(holder[0], images), max(3, n_steps // 4), predict_batch)}
+  shape = input_pipeline.Task.of_name(config.dataset.name).image_shape
+  images = steps.device_put({'x': rng.integers(0, 256, (predict_batch, *shape), dtype=np.uint8)})['x']
+  k = steps.steps_per_call
+  train_img_s = rate(trainer(steps, state, hparams, block), -(-n_steps // k), k * config.batch_size)
+  state = steps.init(jax.random.PRNGKey(config.seed))  # the trainer's was donated
+  return {'train_img_s': train_img_s,
+          'predict_img_s': rate(lambda: steps.predict(state, images), max(3, n_steps // 4), predict_batch)}
 
 
 def config_for(model: str, batch: int, dtype: str, optimizer: str):

@@ -41,9 +41,10 @@ class Action:
 
 
 def check_finite(records: Sequence[Record], step: int) -> None:
+  """Raises NonFiniteLossError where a loss of `records` is NaN or infinite."""
   for record in records:
     for k, v in record.items():
-      if isinstance(v, float) and not math.isfinite(v):
+      if k.endswith('_loss') and not math.isfinite(v):
         raise NonFiniteLossError(f'{k} is {v} at step {step}; no checkpoint was written for it. '
                                  'Lower config.learning_rate, or check the data.')
 

@@ -63,6 +63,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(stopping.patience >= 0 and stopping.min_delta >= 0 and stopping.start_from_epoch >= 0,
        'early_stopping.patience', '>= 0, as min_delta and start_from_epoch')
   one_of('speed.kernels', ('auto', 'xla', 'cpu'))
-  need(config.speed.steps_per_call >= 1, 'speed.steps_per_call', '>= 1')
+  one_of('speed.feed', ('auto', 'resident', 'stream'))
+  calls = config.speed.steps_per_call
+  need(calls == 'auto' or str(calls).isdigit() and int(calls) >= 1, 'speed.steps_per_call', "'auto' or >= 1")
   need(config.speed.predict_chunk >= 0, 'speed.predict_chunk', '>= 0 (0: the whole batch)')
   need(config.speed.cpu_slice_images >= 0, 'speed.cpu_slice_images', '>= 0 (0: the whole batch)')

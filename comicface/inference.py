@@ -157,9 +157,9 @@ class Model:
       config.dataset.data_dir = data_dir or str(build_dataset.default_data_dir() / 'comicface_eval' / name)
     builder = input_pipeline.prepare(config, self.folder)
     splits = ['train', 'validation', 'test'] if split == ALL else split
-    examples = input_pipeline.open_split(builder, splits, config.batch_size, config.dataset.split_scheme)
-    (metrics,), probs = train.evaluate_split(self.steps, self.state, examples, 'eval')
-    matrix = report.confusion(examples.labels(), probs.argmax(-1), len(self.classes))
+    feed, = train.open_feeds(config, builder, self.steps, splits)
+    (metrics,), probs = train.evaluate_split(self.steps, self.state, feed, self.classes, 'eval')
+    matrix = report.confusion(feed.split.labels(), probs.argmax(-1), len(self.classes))
     n, wrong = int(matrix.sum()), int(matrix.sum() - np.trace(matrix))
     results = {'data': data or 'own', 'data_dir': str(builder.data_dir), 'split': split, 'step': self.step,
                'trial': self.trial, 'num_examples': n, 'accuracy': metrics['eval_accuracy'],

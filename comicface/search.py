@@ -250,7 +250,7 @@ class Search:
     if jax.process_index() == 0:
       used = [d.id for d in run.steps.data.mesh.devices.flat]
       for t in group:
-        self._write_record(t, [m for m in members if m.trial == t.name], run.validation.num_examples, used)
+        self._write_record(t, [m for m in members if m.trial == t.name], run.validation.split.num_examples, used)
 
   def _write_record(self, t: Trial, members: list[train.Member], num_val_examples: int, devices: list[int]) -> None:
     history = steps_lib.mean_records([m.history for m in members])

@@ -56,15 +56,34 @@ def hyperparameters(config: ml_collections.ConfigDict) -> dict[str, float]:
 
 def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
   """What `Steps` is built from: the model but its values, the optimizer, the dtype, the
-  augmentation and the speed settings. Configs equal in it share compiled steps."""
+  augmentation, the batch size and the speed settings. Configs equal in it share compiled steps."""
   model = {k: v for k, v in config.model.to_dict().items() if k not in models.values(config.model)}
   return ml_collections.FrozenConfigDict(dict(model=model, dtype=config.dtype, optimizer=config.optimizer,
-                                              augment_hflip=config.augment_hflip, speed=config.speed.to_dict()))
+                                              augment_hflip=config.augment_hflip, batch_size=config.batch_size,
+                                              speed=config.speed.to_dict()))
 
 
-def resolve_kernels(kernels: str) -> str:
-  """config.speed.kernels, with 'auto' resolved: 'cpu' on CPUs, else 'xla' (Flax's own layers)."""
-  return ('cpu' if jax.default_backend() == 'cpu' else 'xla') if kernels == 'auto' else kernels
+def resolve_kernels(kernels: str, platform: str | None = None) -> str:
+  """config.speed.kernels, with 'auto' resolved for `platform` (default: JAX's backend):
+  'cpu' on CPUs, else 'xla' (Flax's own layers)."""
+  if kernels != 'auto':
+    return kernels
+  return 'cpu' if (platform or jax.default_backend()) == 'cpu' else 'xla'
+
+
+CALL_FLOPS = 4e9  # 'auto' steps per call: enough steps to make a call this long, at most 32
+
+
+def resolve_steps_per_call(setting: int | str, cost: models.Cost, batch_size: int, platform: str) -> int:
+  """config.speed.steps_per_call, with 'auto' resolved: one step per call where a step
+  (about 3x its forward FLOPs) hides a dispatch, else as many as make CALL_FLOPS (at most
+  32). On CPUs a model with convolutions takes one: XLA:CPU runs a convolution inside a
+  loop on a much slower path."""
+  if setting != 'auto':
+    return int(setting)
+  if platform == 'cpu' and cost.convolutions:
+    return 1
+  return int(min(32, max(1, CALL_FLOPS // (3 * cost.flops * batch_size))))
 
 
 def strided_slices(x: jax.Array, size: int) -> jax.Array:
@@ -90,20 +109,21 @@ def init_state(rng: jax.Array, *, model: nn.Module, tx: optax.GradientTransforma
 
 
 def apply_model(model: nn.Module, state: State, images: jax.Array, *, train: bool = False,
-                rng: jax.Array | None = None, slice_images: int = 0) -> tuple[jax.Array, dict]:
+                rng: jax.Array | None = None, slice_images: int | None = None) -> tuple[jax.Array, dict]:
   """(logits, updated model state).
 
-  A model without model state draws each example's dropout from a key of its own (the
-  batch's key split by position), so that with `slice_images` it can run on independent
-  slices of that many images (`strided_slices`) and compute what the whole batch does:
-  XLA:CPU runs the slices side by side on all cores, where one convolution of the whole
-  batch keeps about one busy. A model with state (batch statistics) sees the whole batch.
+  `slice_images` (set with the CPU kernels: 0 or more) draws each example's dropout from
+  a key of its own (the batch's key split by position), so that the model can run on
+  independent slices of that many images (`strided_slices`) and compute what the whole
+  batch does: XLA:CPU runs the slices side by side on all cores, where one convolution
+  of the whole batch keeps about one busy. None: one draw for the whole batch, as Flax
+  does (the accelerators' path). A model with state (batch statistics) sees the whole batch.
   """
   variables = {'params': state['params'], **state['model_state']}
-  if state['model_state']:
-    mutable = list(state['model_state']) if train else False
+  if state['model_state'] or slice_images is None:
+    mutable = list(state['model_state']) if train and state['model_state'] else False
     out = model.apply(variables, images, train=train, rngs={'dropout': rng} if train else {}, mutable=mutable)
-    return out if train else (out, state['model_state'])
+    return out if mutable else (out, state['model_state'])
 
   def forward(x, keys):
     if not train:
@@ -118,15 +138,15 @@ def apply_model(model: nn.Module, state: State, images: jax.Array, *, train: boo
   return forward(images, keys), state['model_state']
 
 
-def _sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
+def train_sums(logits: jax.Array, labels: jax.Array) -> Metrics:
+  """What training records of a batch: summed loss and right answers, and its size."""
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return {'loss': jnp.sum(losses * mask),
-          'correct': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-          'count': jnp.sum(mask)}
+  return {'loss': jnp.sum(losses), 'correct': jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32),
+          'count': jnp.asarray(labels.shape[0], jnp.float32)}
 
 
 def summarize(sums: Metrics, prefix: str) -> list[Record]:
-  """Mean loss and accuracy, one record per trial."""
+  """Mean loss and accuracy of training sums, one record per trial (pulled from the devices)."""
   loss, correct, count = (np.atleast_1d(jax.device_get(sums[k])) for k in ('loss', 'correct', 'count'))
   return [{f'{prefix}_loss': float(l / n), f'{prefix}_accuracy': float(c / n)}
           for l, c, n in zip(loss, correct, count)]
@@ -141,13 +161,9 @@ def mean_records(histories: Sequence[Sequence[Record]]) -> list[Record]:
           for records in zip(*histories)]
 
 
-def add(a: Metrics | None, b: Metrics) -> Metrics:
-  return b if a is None else jax.tree.map(jnp.add, a, b)
-
-
 def train_step(state: State, hparams: HParams, batch: dict[str, jax.Array], *,
                model_fn: Callable[..., nn.Module], tx: optax.GradientTransformation,
-               hflip: bool = False, slice_images: int = 0) -> tuple[State, Metrics]:
+               hflip: bool = False, slice_images: int | None = None) -> tuple[State, Metrics]:
   """One optimizer step on the mean cross-entropy; returns sums for the metrics.
 
   `model_fn(**values)` builds the model with the trial's values (its dropout rate);
@@ -172,28 +188,30 @@ def train_step(state: State, hparams: HParams, batch: dict[str, jax.Array], *,
   params = optax.apply_updates(state['params'], jax.tree.map(lambda d: -hparams['learning_rate'] * d, direction))
   new = {**state, 'params': params, 'opt_state': opt_state, 'model_state': model_state,
          'step': state['step'] + 1}
-  return new, _sums(logits, batch['label'], jnp.ones_like(batch['label'], jnp.float32))
+  return new, train_sums(logits, batch['label'])
 
 
-def train_block(state: State, hparams: HParams, batches: dict[str, jax.Array],
+def train_block(state: State, hparams: HParams, batches: dict[str, jax.Array], sums: Metrics,
                 **step_kwargs: Any) -> tuple[State, Metrics]:
-  """`train_step` over the leading axis of `batches` in one call (a `lax.scan`),
-  for models whose step is shorter than a dispatch; returns the summed metrics.
+  """`train_step` over the leading axis of `batches` in one call (a `lax.scan` where there
+  are several: for models whose step is shorter than a dispatch); returns the state and
+  `sums` (the epoch's so far) plus the block's.
 
-  A block of one is a plain step: XLA:CPU runs convolutions inside a loop on a
-  much slower path, so the CNN keeps `config.speed.steps_per_call = 1`.
+  A block of one is a plain step: XLA:CPU runs convolutions inside a loop on a much
+  slower path (see `resolve_steps_per_call`).
   """
   step = functools.partial(train_step, **step_kwargs)
   if batches['label'].shape[0] == 1:
-    return step(state, hparams, jax.tree.map(lambda x: x[0], batches))
-  state, metrics = jax.lax.scan(lambda s, b: step(s, hparams, b), state, batches)
-  return state, jax.tree.map(lambda m: m.sum(0), metrics)
+    state, metrics = step(state, hparams, jax.tree.map(lambda x: x[0], batches))
+  else:
+    state, metrics = jax.lax.scan(lambda s, b: step(s, hparams, b), state, batches)
+    metrics = jax.tree.map(lambda m: m.sum(0), metrics)
+  return state, jax.tree.map(jnp.add, sums, metrics)
 
 
-def eval_step(state: State, batch: dict[str, jax.Array], *, model: nn.Module) -> tuple[Metrics, jax.Array]:
-  """Masked sums, and the class probabilities of each example."""
-  logits, _ = apply_model(model, state, batch['image'])
-  return _sums(logits, batch['label'], batch['mask']), jax.nn.softmax(logits)
+def eval_step(state: State, images: jax.Array, *, model: nn.Module) -> jax.Array:
+  """The log-probabilities of each image's classes."""
+  return jax.nn.log_softmax(apply_model(model, state, images)[0])
 
 
 def predict_step(state: State, images: jax.Array, *, model: nn.Module, chunk: int = 0) -> jax.Array:
@@ -206,34 +224,68 @@ def predict_step(state: State, images: jax.Array, *, model: nn.Module, chunk: in
   return merge_slices(jax.lax.map(forward, strided_slices(images, chunk)))
 
 
+def resident_block(data: dict[str, jax.Array], epoch: dict[str, jax.Array], step: jax.Array, count: int,
+                   batch_size: int) -> dict[str, jax.Array]:
+  """The `count` batches that start at train step `step`, gathered from the resident `data`:
+  `epoch['order']` holds the epoch's positions in `data`, batch after batch, from its
+  step `epoch['first']` on."""
+  start = (step - epoch['first']) * batch_size
+  positions = jax.lax.dynamic_slice_in_dim(epoch['order'], start, count * batch_size).reshape(count, batch_size)
+  return {k: v[positions] for k, v in data.items()}
+
+
 class Steps:
   """The jitted init, train, eval and predict steps of a config's `static_config` on `mesh`,
-  vmapped over a trial axis if `stacked`. Runs equal in their static config share one
-  (a grid's trials of one shape compile once). `train` takes a block of batches
-  (see `train_block`)."""
+  vmapped over a trial axis if `stacked`, as `platform` (default: JAX's backend) runs
+  them. Runs equal in their static config share one (a grid's trials of one shape
+  compile once).
+
+  `train` takes a block of batches on the devices and the epoch's sums so far (see
+  `train_block`); `train_resident` gathers its block itself from a build resident on the
+  devices (`resident_block`), and `eval_resident` its batch (row `index` of `positions`),
+  so that neither needs anything from the host. Their inputs' shapes are the build's, whatever the split: they compile
+  once per build.
+  """
 
   def __init__(self, config: ml_collections.FrozenConfigDict, num_classes: int, image_shape: tuple[int, ...],
-               mesh: jax.sharding.Mesh, stacked: bool = False):
-    kernels = resolve_kernels(config.speed.kernels)
+               mesh: jax.sharding.Mesh, stacked: bool = False, platform: str | None = None):
+    platform = platform or jax.default_backend()
+    kernels = resolve_kernels(config.speed.kernels, platform)
     make = functools.partial(models.create, config.model.to_dict(), num_classes, config.dtype, kernels)
+    cost = models.cost(config.model.to_dict(), num_classes, image_shape, config.dtype)
     tx = optimizer(config.optimizer)
     self.stacked = stacked
+    self.steps_per_call = resolve_steps_per_call(config.speed.steps_per_call, cost, config.batch_size, platform)
     self.data = NamedSharding(mesh, P('data'))
     self.blocks = NamedSharding(mesh, P(None, 'data'))
     self.replicated = NamedSharding(mesh, P())
     self.state_sharding = NamedSharding(mesh, P('trial')) if stacked else self.replicated
-    slice_images = config.speed.cpu_slice_images * mesh.shape['data'] if kernels == 'cpu' else 0
+    slice_images = config.speed.cpu_slice_images * mesh.shape['data'] if kernels == 'cpu' else None
     init = functools.partial(init_state, model=make(), tx=tx, image_shape=tuple(image_shape))
     train = functools.partial(train_block, model_fn=functools.partial(make, 'train'), tx=tx,
                               hflip=config.augment_hflip, slice_images=slice_images)
     evaluate = functools.partial(eval_step, model=make('predict'))
     if stacked:
-      init, train = jax.vmap(init), jax.vmap(train, in_axes=(0, 0, None))
+      init, train = jax.vmap(init), jax.vmap(train, in_axes=(0, 0, None, 0))
       evaluate = jax.vmap(evaluate, in_axes=(0, None))
+    batch_size = config.batch_size
+
+    def train_resident(state, hparams, data, epoch, sums, count):
+      step = jnp.ravel(state['step'])[0]  # every trial of a stack is at the same step
+      block = resident_block(data, epoch, step, count, batch_size)
+      return train(state, hparams, jax.lax.with_sharding_constraint(block, self.blocks), sums)
+
+    def eval_resident(state, images, positions, index):
+      return evaluate(state, jax.lax.with_sharding_constraint(images[positions[index]], self.data)), index + 1
+    train_out = (self.state_sharding, self.state_sharding)
     self.init = jax.jit(init, out_shardings=self.state_sharding)
-    self.train = jax.jit(train, out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
-    self.eval = jax.jit(evaluate, out_shardings=(self.replicated, self.replicated))
-    self.predict = jax.jit(functools.partial(predict_step, model=make('predict'), chunk=config.speed.predict_chunk),
+    self.train = jax.jit(train, out_shardings=train_out, donate_argnums=0)
+    self.train_resident = jax.jit(train_resident, out_shardings=train_out, donate_argnums=0,
+                                  static_argnames='count')
+    self.eval = jax.jit(evaluate, out_shardings=self.replicated)
+    self.eval_resident = jax.jit(eval_resident, out_shardings=(self.replicated, self.replicated))
+    chunk = config.speed.predict_chunk if kernels == 'cpu' else 0
+    self.predict = jax.jit(functools.partial(predict_step, model=make('predict'), chunk=chunk),
                            out_shardings=self.data)
 
   def device_put(self, batch: dict[str, np.ndarray], block: bool = False) -> dict[str, jax.Array]:
@@ -245,3 +297,7 @@ class Steps:
     """The values of one trial (a list of one) or of a stack of trials, on the mesh."""
     values = {k: np.asarray([h[k] for h in hparams], np.float32) for k in hparams[0]}
     return jax.device_put(values if self.stacked else {k: v[0] for k, v in values.items()}, self.state_sharding)
+
+  def put_sums(self, sums: list[dict[str, float]] | int) -> Metrics:
+    """Training sums to start an epoch from: of each member (a list), or zeros for `sums` members."""
+    return self.put_hparams(sums if isinstance(sums, list) else [dict.fromkeys(('loss', 'correct', 'count'), 0.0)] * sums)

@@ -25,7 +25,9 @@ import orbax.checkpoint as ocp
 from comicface import actions as actions_lib
 from comicface import checkpointing
 from comicface import errors
+from comicface import feeds
 from comicface import input_pipeline
+from comicface import metrics
 from comicface import report
 from comicface import stats
 from comicface import steps as steps_lib
@@ -35,19 +37,26 @@ Record = steps_lib.Record
 TASK_FILE = 'task.json'
 
 
-def evaluate_split(steps: steps_lib.Steps, state: steps_lib.State, split: input_pipeline.Split,
+def evaluate_split(steps: steps_lib.Steps, state: steps_lib.State, feed: feeds.Feed, classes: Sequence[str],
                    prefix: str) -> tuple[list[Record], np.ndarray]:
-  """Loss and accuracy per member over every example of `split` exactly once (with the
-  count of examples seen, across all processes), and the class probabilities of each
-  example ([examples, classes], or [members, examples, classes]), in split order."""
-  sums, probs = None, []
-  for batch in input_pipeline.eval_batches(split):
-    s, p = steps.eval(state, steps.device_put(batch))
-    sums = steps_lib.add(sums, s)
-    probs.append(np.asarray(jax.device_get(p)))
-  count = int(np.atleast_1d(jax.device_get(sums['count']))[0])
-  records = [{**r, f'num_{prefix}_examples': count} for r in steps_lib.summarize(sums, prefix)]
-  return records, np.concatenate(probs, axis=-2)[..., :split.num_examples, :]
+  """Every metric (metrics.py) of each member over every example of the feed's split
+  exactly once, named `<prefix>_<metric>`; and the class probabilities of each example
+  ([examples, classes], or [members, examples, classes]), in split order. The outputs
+  stay on the devices until the last batch."""
+  n = feed.split.num_examples
+  log_probs = np.asarray(jax.device_get(jnp.concatenate(list(feed.eval_outputs(steps, state)), axis=-2)))
+  log_probs = log_probs[..., :n, :]
+  records = [metrics.compute(feed.labels, member, classes, prefix) for member in log_probs.reshape(-1, n, len(classes))]
+  return records, np.exp(log_probs)
+
+
+def open_feeds(config: ml_collections.ConfigDict, builder: Any, steps: steps_lib.Steps,
+               *names: str | Sequence[str]) -> list[feeds.Feed]:
+  """The feeds of the splits `names` (each a split or several read as one), all resident
+  or all streamed (`config.speed.feed`)."""
+  splits = [input_pipeline.open_split(builder, n, config.batch_size, config.dataset.split_scheme) for n in names]
+  resident = feeds.resident(config.speed.feed, splits, input_pipeline.Task.of(builder).image_shape, steps)
+  return [feeds.open_feed(s, steps, resident) for s in splits]
 
 
 def write_task(workdir: str, task: input_pipeline.Task) -> None:
@@ -90,23 +99,23 @@ class Run:
   steps: steps_lib.Steps
   state: steps_lib.State
   hparams: steps_lib.HParams
-  train: input_pipeline.Split
-  validation: input_pipeline.Split
-  validation_labels: np.ndarray
+  train: feeds.Feed
+  validation: feeds.Feed
   members: list[Member]
   restack: Callable[[int], steps_lib.Steps] | None = None  # the steps of a stack of n, for `drop`
+  step: int = 0  # the steps taken: counted here, so that the loop never asks the devices
 
   @property
   def stacked(self) -> bool:
     return self.steps.stacked
 
   @property
-  def steps_per_epoch(self) -> int:
-    return self.train.num_examples // self.train.global_batch
+  def task(self) -> input_pipeline.Task:
+    return input_pipeline.Task.of(self.builder)
 
   @property
-  def step(self) -> int:
-    return int(np.max(jax.device_get(self.state['step'])))
+  def steps_per_epoch(self) -> int:
+    return self.train.split.num_examples // self.train.split.global_batch
 
   @property
   def epoch(self) -> int:
@@ -174,13 +183,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str, members: Sequence[Mem
   keys = [m.init_key for m in members]
   state = steps.init(jnp.stack(keys) if stacked else keys[0])
   hparams = steps.put_hparams([steps_lib.hyperparameters(m.config) for m in members])
-  scheme = config.dataset.split_scheme
-  train = input_pipeline.open_split(builder, config.train_splits, config.batch_size, scheme)
-  validation = input_pipeline.open_split(builder, 'validation', config.batch_size, scheme)
-  if train.num_examples < config.batch_size:
+  train, validation = open_feeds(config, builder, steps, config.train_splits, 'validation')
+  if train.split.num_examples < config.batch_size:
     raise errors.ConfigError(f'config.batch_size={config.batch_size} is larger than the training set '
-                             f'({train.num_examples} examples): lower it.')
-  run = Run(config, builder, steps, state, hparams, train, validation, validation.labels(), members, restack)
+                             f'({train.split.num_examples} examples): lower it.')
+  run = Run(config, builder, steps, state, hparams, train, validation, members, restack)
   for member in members:
     member.manager = checkpointing.manager(member.folder, member.config.keep_checkpoints)
   restored = checkpointing.restore_latest([m.manager for m in members],
@@ -191,38 +198,37 @@ def setup(config: ml_collections.ConfigDict, workdir: str, members: Sequence[Mem
     actions_lib.mark_stopped(members)
     trees = [tree for tree, _ in restored]
     run.state = jax.device_put(_stack(trees), steps.state_sharding) if stacked else trees[0]
+    run.step = int(np.max(jax.device_get(run.state['step'])))
     logging.info('%s: resumed from step %d (after epoch %d).', members[0].folder, run.step, run.epoch)
   per_model = sum(x.size for x in jax.tree.leaves(run.member_state(0)['params']))
-  logging.info('%s: %d parameters per model, %d member(s); %d train / %d validation examples.',
-               workdir, per_model, len(members), train.num_examples, validation.num_examples)
+  logging.info('%s: %d parameters per model, %d member(s); %d train / %d validation examples, %s; %d step(s) '
+               'per call.', workdir, per_model, len(members), train.split.num_examples,
+               validation.split.num_examples, 'resident on the devices' if train.resident else 'streamed',
+               steps.steps_per_call)
   return run
 
 
 def train_epoch(run: Run, actions: Sequence[actions_lib.Action]) -> steps_lib.Metrics:
-  """Trains the rest of the current epoch; returns its summed train metrics."""
+  """Trains the rest of the current epoch; returns its summed train metrics (on the devices)."""
   epoch, start = divmod(run.step, run.steps_per_epoch)
-  sums = None
-  if run.members[0].partial:  # resumed mid-epoch: the sums so far, as if never stopped
-    sums = {k: jnp.asarray([m.partial[k] for m in run.members] if run.stacked else run.members[0].partial[k],
-                           jnp.float32) for k in run.members[0].partial}
+  partial = [m.partial for m in run.members]  # resumed mid-epoch: the sums so far, as if never stopped
+  sums = run.steps.put_sums(partial if partial[0] else len(run.members))
   for member in run.members:
     member.partial = None
-  for block in input_pipeline.train_batches(run.train, run.config.seed, epoch, start,
-                                            run.config.speed.steps_per_call):
-    run.state, metrics = run.steps.train(run.state, run.hparams, run.steps.device_put(block, block=True))
-    sums = steps_lib.add(sums, metrics)
+  for taken, call in run.train.train_calls(run.steps, run.config.seed, epoch, start):
+    run.state, sums = call(run.state, run.hparams, sums)
+    run.step += taken
     for action in actions:
-      action.after_steps(run, sums, len(block['label']))
+      action.after_steps(run, sums, taken)
   return sums
 
 
 def end_epoch(run: Run, sums: steps_lib.Metrics) -> list[Record]:
   """Validates every member; appends the epoch's record of each to its history."""
-  validation, probs = evaluate_split(run.steps, run.state, run.validation, 'val')
-  records = [{'epoch': run.epoch + 1, 'step': run.step, **train, 'val_loss': val['val_loss'],
-              'val_accuracy': val['val_accuracy']}
+  validation, probs = evaluate_split(run.steps, run.state, run.validation, run.task.classes, 'val')
+  records = [{'epoch': run.epoch + 1, 'step': run.step, **train, **val}
              for train, val in zip(steps_lib.summarize(sums, 'train'), validation)]
-  right = probs.reshape(len(run.members), *probs.shape[-2:]).argmax(-1) == run.validation_labels
+  right = probs.reshape(len(run.members), *probs.shape[-2:]).argmax(-1) == run.validation.labels
   for member, record, correct in zip(run.members, records, right):
     member.history.append(record)
     member.correct.append(stats.pack(correct))
@@ -257,11 +263,10 @@ def fit(run: Run, actions: Sequence[actions_lib.Action], until_epoch: int | None
 def test(run: Run, step: int) -> tuple[Record, input_pipeline.Split, np.ndarray]:
   """The test record of a single run's checkpoint `step`, the test split and its class
   probabilities."""
-  config, member = run.config, run.members[0]
-  split = input_pipeline.open_split(run.builder, 'test', config.batch_size, config.dataset.split_scheme)
-  state, _ = checkpointing.restore(member.manager, step, run.state)
-  (record,), probs = evaluate_split(run.steps, state, split, 'test')
-  return record, split, probs
+  test_feed, = open_feeds(run.config, run.builder, run.steps, 'test')
+  state, _ = checkpointing.restore(run.members[0].manager, step, run.state)
+  (record,), probs = evaluate_split(run.steps, state, test_feed, run.task.classes, 'test')
+  return {**record, 'num_test_examples': test_feed.split.num_examples}, test_feed.split, probs
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

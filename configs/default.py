@@ -49,12 +49,15 @@ def experiment() -> ml_collections.ConfigDict:
 
   c.log_every_steps = 20
   c.keep_checkpoints = 2  # the latest N are kept, and the best by validation accuracy
-  c.speed = ml_collections.ConfigDict(dict(  # how fast, never what: not part of a workdir's identity
-      kernels='auto',       # 'auto' (the model's CPU_KERNELS on CPUs), 'xla' (Flax's own layers), 'cpu'
-      steps_per_call=1,     # train steps per jitted call (a lax.scan): >1 only for models with short steps
-      predict_chunk=32,     # images per forward pass in a larger prediction batch (0: all at once)
-      cpu_slice_images=4,   # on CPUs, the step runs the model on slices of this many images per device (0: off)
-  ))
+  # How fast, not what: not part of a workdir's identity. Only `kernels` changes results: the CPU
+  # kernels draw each example's dropout from a key of its own, Flax's layers one draw per batch.
+  c.speed = ml_collections.ConfigDict(dict(
+      kernels='auto',       # 'auto' (the model's CPU_KERNELS on CPUs, Flax's own layers elsewhere), 'xla', 'cpu'
+      feed='auto',          # 'resident' (the data on the devices), 'stream' (grain from disk), 'auto': feeds.choose
+      steps_per_call='auto',  # train steps per jitted call (a lax.scan), or 'auto': steps.resolve_steps_per_call
+      predict_chunk=32,     # with the CPU kernels: images per forward pass in a larger prediction batch (0: all)
+      cpu_slice_images=4,   # with the CPU kernels: the step runs the model on slices of this many images per device
+  ), type_safe=False)  # steps_per_call: 'auto' or a number
   return c
 
 

@@ -19,7 +19,6 @@ def experiment():
   c.batch_size = 64
   c.num_epochs = 3
   c.log_every_steps = 50
-  c.speed.steps_per_call = 32  # a step takes about a millisecond: dispatch would dominate
   c.speed.predict_chunk = 0    # small activations: one pass per batch
   c.speed.cpu_slice_images = 0  # no convolutions to spread over the cores
   return c

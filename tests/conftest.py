@@ -4,6 +4,9 @@ import pathlib
 import shutil
 import tempfile
 
+# The suite runs on CPU devices (several, where a test forces them), also on a machine whose JAX sees
+# a GPU or TPU: the main.py processes it starts inherit this. bench/accelerator.py checks the device.
+os.environ['JAX_PLATFORMS'] = 'cpu'
 # One JAX compilation cache for the session and the main.py processes it starts (they inherit
 # the environment): the many tiny runs compile the same steps, once. Set before JAX starts.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='comicface_tests_jax_cache_'))

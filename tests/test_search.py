@@ -81,10 +81,10 @@ def sequential(tmp_path_factory):
 
 @pytest.mark.slow
 def test_sequential_trials_of_one_shape_compile_their_steps_once(sequential):
-  """4 trials (learning and dropout rates) and the retrain share one static config: their
-  train, eval and init steps compile once each."""
+  """4 trials (learning and dropout rates) and the retrain (on another split) share one
+  static config and the resident build: their train, eval and init steps compile once each."""
   counts = sequential[2]
-  assert counts['jit(train_block)'] == counts['jit(eval_step)'] == counts['jit(init_state)'] == 1, counts
+  assert counts['jit(train_resident)'] == counts['jit(eval_resident)'] == counts['jit(init_state)'] == 1, counts
 
 
 @pytest.mark.slow

@@ -27,10 +27,10 @@ def train_over(steps, config, host, cuts, hparams=None):
   """Trains a fresh state over `host` batches in calls of the blocks between `cuts`."""
   state = steps.init(jax.random.PRNGKey(config.seed))
   hparams = hparams or steps.put_hparams([steps_lib.hyperparameters(config)])
-  sums = None
+  sums = steps.put_sums(1)
   for lo, hi in zip(cuts, cuts[1:]):
-    state, m = steps.train(state, hparams, steps.device_put({k: v[lo:hi] for k, v in host.items()}, block=True))
-    sums = steps_lib.add(sums, m)
+    state, sums = steps.train(state, hparams, steps.device_put({k: v[lo:hi] for k, v in host.items()}, block=True),
+                              sums)
   return jax.device_get(state), jax.device_get(sums)
 
 
@@ -85,10 +85,10 @@ def test_a_stack_of_trials_trains_each_as_alone():
   stack = make(configs[0], trials=3, stacked=True)
   state = stack.init(np.stack([jax.random.PRNGKey(c.seed) for c in configs]))
   hparams = stack.put_hparams([steps_lib.hyperparameters(c) for c in configs])
-  sums = None
+  sums = stack.put_sums(3)
   for i in range(3):
-    state, m = stack.train(state, hparams, stack.device_put({k: v[i:i + 1] for k, v in host.items()}, block=True))
-    sums = steps_lib.add(sums, m)
+    state, sums = stack.train(state, hparams, stack.device_put({k: v[i:i + 1] for k, v in host.items()}, block=True),
+                              sums)
   for t, c in enumerate(configs):
     alone, alone_sums = train_over(make(c), c, host, (0, 1, 2, 3))
     assert_close(jax.tree.map(lambda x: x[t], jax.device_get(state)), alone, rtol=1e-4, atol=1e-5)

@@ -2,6 +2,7 @@
 
     python keras_cnn.py --batch 32 --steps 30 [--mixed_bfloat16] [--predict_batch 256]
     python keras_cnn.py --grid [--images 1024] [--mixed_bfloat16]
+    python keras_cnn.py --whole 3 --data data.npz      (a whole training run: model.fit with validation)
 
 For comparison with bench/train_throughput.py only; not part of comicface. Runs in
 its own venv (requirements-keras.txt). Data are random uint8 images scaled /255 in
@@ -70,6 +71,28 @@ def grid(images: int) -> float:
   return time.perf_counter() - start
 
 
+class EpochEnds(keras.callbacks.Callback):
+  def __init__(self):
+    super().__init__()
+    self.ends = []
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.ends.append(time.perf_counter())
+
+
+def whole_run(path: str, epochs: int, batch: int) -> dict[str, float]:
+  """The study's training run on the arrays of `path` (uint8 images / 255 in numpy, as its
+  in-memory arrays were): `model.fit` with validation data. Images/s over the epochs after
+  the first, as comicface's bench.end_to_end reads its runs."""
+  d = np.load(path)
+  scaled = lambda x: x.astype(np.float32) / 255
+  clock = EpochEnds()
+  history = build().fit(scaled(d['x_train']), d['y_train'], batch_size=batch, epochs=epochs, verbose=0,
+                        validation_data=(scaled(d['x_val']), d['y_val']), callbacks=[clock])
+  return {'train_img_s': (epochs - 1) * len(d['y_train']) / (clock.ends[-1] - clock.ends[0]),
+          'val_accuracy': history.history['val_accuracy'][-1]}
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--batch', type=int, default=32)
@@ -79,11 +102,16 @@ def main() -> None:
   p.add_argument('--mixed_bfloat16', action='store_true', help="Keras' mixed_bfloat16 policy")
   p.add_argument('--grid', action='store_true', help="time the study's 16-trial grid instead")
   p.add_argument('--images', type=int, default=1024, help='images per grid trial')
+  p.add_argument('--whole', type=int, default=0, help='epochs of a whole training run on --data instead')
+  p.add_argument('--data', default='', help='--whole: an .npz of uint8 x_train, y_train, x_val, y_val')
   a = p.parse_args()
   if a.mixed_bfloat16:
     keras.mixed_precision.set_global_policy('mixed_bfloat16')
   dtype = 'bfloat16' if a.mixed_bfloat16 else 'float32'
-  if a.grid:
+  if a.whole:
+    out = {'peer': 'keras', 'model': 'cnn', 'mode': 'whole', 'epochs': a.whole, 'batch': a.batch, 'dtype': dtype,
+           **whole_run(a.data, a.whole, a.batch)}
+  elif a.grid:
     out = {'peer': 'keras', 'mode': 'grid', 'dtype': dtype, 'trials': 16, 'images': a.images,
            'seconds': grid(a.images)}
   else:

@@ -14,13 +14,18 @@ Adding a model is adding its file and a config naming it.
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
+import functools
 import importlib
+import math
 import pkgutil
 import types
 import typing
 from typing import Any, Mapping
 
 import flax.linen as nn
+import jax
+import jax.extend as jex
 import jax.numpy as jnp
 
 from comicface import errors
@@ -110,3 +115,44 @@ def create(model_config: Mapping[str, Any], num_classes: int, dtype: str = 'floa
   if kernels == 'cpu':
     fields.update(getattr(module, 'CPU_KERNELS', {}).get(purpose, {}))
   return module.Model(num_classes=num_classes, dtype=jnp.dtype(dtype), **{**fields, **overrides})
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+  """What a model's forward pass on one image computes: multiply-add FLOPs of its
+  convolutions and dense layers, and whether it has convolutions."""
+  flops: float
+  convolutions: bool
+
+
+def _count(jaxpr: jex.core.Jaxpr) -> tuple[float, bool]:
+  flops, convolutions = 0.0, False
+  for eqn in jaxpr.eqns:
+    out = eqn.outvars[0].aval
+    if eqn.primitive.name == 'dot_general':
+      (contracting, _), _ = eqn.params['dimension_numbers']
+      flops += 2 * math.prod(out.shape) * math.prod(eqn.invars[0].aval.shape[d] for d in contracting)
+    elif eqn.primitive.name == 'conv_general_dilated':
+      kernel, spec = eqn.invars[1].aval, eqn.params['dimension_numbers'].rhs_spec  # (out, in, spatial...)
+      flops += 2 * math.prod(out.shape) * math.prod(kernel.shape[d] for d in spec[1:])
+      convolutions = True
+    for sub in jex.core.jaxprs_in_params(eqn.params):
+      f, c = _count(sub)
+      flops, convolutions = flops + f, convolutions or c
+  return flops, convolutions
+
+
+@functools.lru_cache(maxsize=None)
+def _cost(model_config: tuple, num_classes: int, image_shape: tuple[int, ...], dtype: str) -> Cost:
+  model = create(dict(model_config), num_classes, dtype)
+  x = jax.ShapeDtypeStruct((1, *image_shape), jnp.uint8)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  return Cost(*_count(jax.make_jaxpr(model.apply)(variables, x).jaxpr))
+
+
+def cost(model_config: Mapping[str, Any], num_classes: int, image_shape: tuple[int, ...],
+         dtype: str = 'float32') -> Cost:
+  """The `Cost` of `config.model` (Flax's own layers), from its traced program alone: the
+  same on every machine, backend and jaxlib build."""
+  frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in model_config.items()))
+  return _cost(frozen, num_classes, tuple(image_shape), dtype)

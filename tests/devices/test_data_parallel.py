@@ -41,7 +41,7 @@ def test_a_prediction_in_chunks_matches_one_pass():
 
 def test_slices_of_the_batch_stay_on_their_devices():
   """The CNN on slices of 2 images per device trains as on the whole batch, and its
-  compiled steps move no slice between devices."""
+  compiled steps move no slice between devices (nor does gathering a batch of resident data)."""
   whole, sliced = (tiny_config(**{'model.dropout_rate': 0.0, 'speed.cpu_slice_images': k},
                                batch_size=4 * jax.device_count()) for k in (0, 2))
   host = random_batches(whole, 1)
@@ -50,7 +50,12 @@ def test_slices_of_the_batch_stay_on_their_devices():
   steps = make(sliced)
   state = steps.init(jax.random.PRNGKey(0))
   hparams = steps.put_hparams([steps_lib.hyperparameters(sliced)])
-  for compiled in (steps.train.lower(state, hparams, steps.device_put(host, block=True)).compile(),
+  sums = steps.put_sums(1)
+  data = jax.device_put({k: v[0] for k, v in host.items()}, steps.replicated)  # resident: on every device
+  epoch = jax.device_put({'order': np.arange(len(host['label'][0]), dtype=np.int32), 'first': np.int32(0)},
+                         steps.replicated)
+  for compiled in (steps.train.lower(state, hparams, steps.device_put(host, block=True), sums).compile(),
+                   steps.train_resident.lower(state, hparams, data, epoch, sums, count=1).compile(),
                    steps.predict.lower(state, steps.device_put({'x': host['image'][0]})['x']).compile()):
     hlo = compiled.as_text()
     assert not any(op in hlo for op in ('all-gather', 'all-to-all', 'collective-permute')), 'slices cross devices'

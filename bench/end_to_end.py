@@ -5,12 +5,12 @@ against the studies' own code's whole runs.
 
 Each case runs `main.py` in a fresh workdir, in this checkout and (with --baseline) in
 an earlier one, alternately (A B A B ...), and reads the epoch lines' timestamps:
-- mlp: configs/mlp.py on a 3,000-pair stand-in (128 px), 3 epochs: images/s over epochs
-  2-3 (training, validation, checkpoints: everything between the epoch lines), beside
+- mlp: configs/mlp.py on a 3,000-pair stand-in (128 px), 8 epochs: images/s over epochs
+  2-8 (training, validation, checkpoints: everything between the epoch lines), beside
   `bench.train_throughput`'s rate of the step alone (same tree, same round); with
   --peers also the MLP study's PyTorch loop on the same images (bench/peers/torch_mlp.py --whole);
 - tiny: the same with `model.hidden=(8,)`, batch 32, one step per call: ms per step;
-- cnn: configs/default.py on the same stand-in, 3 epochs, as mlp; with --peers also the CNN
+- cnn: configs/default.py on the same stand-in, 3 epochs (2-3 read); with --peers also the CNN
   study's Keras `model.fit` on the same images (bench/peers/keras_cnn.py --whole);
 - demo: configs/default.py as `make demo` runs it: the whole command's seconds.
 Prints the median of the rounds per tree and the ratios.
@@ -32,8 +32,8 @@ from bench.search_time import export
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAIRS = 3000
 CASES = {  # the stand-in of mlp, tiny and cnn is given as --config.dataset.manual_dir
-    'mlp': ['--config=configs/mlp.py', '--config.num_epochs=3'],
-    'tiny': ['--config=configs/mlp.py', '--config.num_epochs=3', '--config.model.hidden=(8,)',
+    'mlp': ['--config=configs/mlp.py', '--config.num_epochs=8'],
+    'tiny': ['--config=configs/mlp.py', '--config.num_epochs=8', '--config.model.hidden=(8,)',
              '--config.batch_size=32', '--config.speed.steps_per_call=1'],
     'cnn': ['--config=configs/default.py', '--config.num_epochs=3', '--config.log_every_steps=100'],
     'demo': ['--config=configs/default.py'],
@@ -69,8 +69,9 @@ def run_case(case: str, tree: pathlib.Path, data: pathlib.Path) -> dict[str, flo
     return {'seconds': seconds}
   results = json.loads((workdir / 'results.json').read_text())
   history, times = results['history'], epoch_times(r.stderr)
-  steps = history[2]['step'] - history[0]['step']
-  elapsed = times[3] - times[1]
+  last = len(history)
+  steps = history[-1]['step'] - history[0]['step']
+  elapsed = times[last] - times[1]
   batch = results['config']['batch_size']
   return {'img_s': steps * batch / elapsed, 'ms_per_step': 1e3 * elapsed / steps, 'seconds': seconds}
 
@@ -85,12 +86,12 @@ def step_rate(case: str, tree: pathlib.Path) -> float:
 
 
 def peer_rate(case: str, data: pathlib.Path) -> float:
-  """The study's own code's whole run on the same images: images/s over epochs 2-3."""
+  """The study's own code's whole run on the same images and epochs: images/s over those after the first."""
   name, script, config = ('torch', 'torch_mlp.py', 'rgb24') if case == 'mlp' else ('keras', 'keras_cnn.py', 'gray128')
   arrays = data / f'{config}.npz'
   if not arrays.exists():
     export(data / 'tfds', data / 'source', arrays, config)
-  r = subprocess.run([peer_python(name), str(PEERS / script), '--whole=3', f'--data={arrays}',
+  r = subprocess.run([peer_python(name), str(PEERS / script), f'--whole={8 if case == "mlp" else 3}', f'--data={arrays}',
                       f'--batch={64 if case == "mlp" else 32}'], capture_output=True, text=True)
   if r.returncode:
     raise RuntimeError(r.stderr[-2000:])
@@ -127,12 +128,12 @@ def main() -> None:
       if case == 'demo':
         print(f'{case:5} {name:9} whole command {m["seconds"]:.1f} s')
       elif name == 'peer':
-        print(f'{case:5} {name:9} epochs 2-3: {m["img_s"]:,.0f} img/s; comicface / peer: '
+        print(f'{case:5} {name:9} epochs after the first: {m["img_s"]:,.0f} img/s; comicface / peer: '
               f'{median["project"]["img_s"] / m["img_s"]:.2f}x')
       else:
         step = (f'; step alone {m["step_img_s"]:,.0f} img/s: the run at {m["img_s"] / m["step_img_s"]:.2f}x of its '
                 'step' if 'step_img_s' in m else '')
-        print(f'{case:5} {name:9} epochs 2-3: {m["img_s"]:,.0f} img/s, {m["ms_per_step"]:.3f} ms/step{step}')
+        print(f'{case:5} {name:9} epochs after the first: {m["img_s"]:,.0f} img/s, {m["ms_per_step"]:.3f} ms/step{step}')
     if a.baseline:
       if case == 'demo':
         ratio, what = median['baseline']['seconds'] / median['project']['seconds'], 'baseline time / project time'

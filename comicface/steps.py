@@ -256,6 +256,7 @@ class Steps:
     tx = optimizer(config.optimizer)
     self.stacked = stacked
     self.steps_per_call = resolve_steps_per_call(config.speed.steps_per_call, cost, config.batch_size, platform)
+    self.eval_batch = config.batch_size * self.steps_per_call  # an evaluation call takes what a train call does
     self.data = NamedSharding(mesh, P('data'))
     self.blocks = NamedSharding(mesh, P(None, 'data'))
     self.replicated = NamedSharding(mesh, P())

@@ -51,10 +51,12 @@ def evaluate_split(steps: steps_lib.Steps, state: steps_lib.State, feed: feeds.F
 
 
 def open_feeds(config: ml_collections.ConfigDict, builder: Any, steps: steps_lib.Steps,
-               *names: str | Sequence[str]) -> list[feeds.Feed]:
+               *names: str | Sequence[str], evaluation: bool = True) -> list[feeds.Feed]:
   """The feeds of the splits `names` (each a split or several read as one), all resident
-  or all streamed (`config.speed.feed`)."""
-  splits = [input_pipeline.open_split(builder, n, config.batch_size, config.dataset.split_scheme) for n in names]
+  or all streamed (`config.speed.feed`), in batches of `steps.eval_batch` for
+  `evaluation`, else of `config.batch_size`."""
+  batch = steps.eval_batch if evaluation else config.batch_size
+  splits = [input_pipeline.open_split(builder, n, batch, config.dataset.split_scheme) for n in names]
   resident = feeds.resident(config.speed.feed, splits, input_pipeline.Task.of(builder).image_shape, steps)
   return [feeds.open_feed(s, steps, resident) for s in splits]
 
@@ -183,7 +185,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, members: Sequence[Mem
   keys = [m.init_key for m in members]
   state = steps.init(jnp.stack(keys) if stacked else keys[0])
   hparams = steps.put_hparams([steps_lib.hyperparameters(m.config) for m in members])
-  train, validation = open_feeds(config, builder, steps, config.train_splits, 'validation')
+  train, = open_feeds(config, builder, steps, config.train_splits, evaluation=False)
+  validation, = open_feeds(config, builder, steps, 'validation')
   if train.split.num_examples < config.batch_size:
     raise errors.ConfigError(f'config.batch_size={config.batch_size} is larger than the training set '
                              f'({train.split.num_examples} examples): lower it.')

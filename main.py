@@ -4,13 +4,10 @@
   python main.py --workdir=DIR --mode=evaluate [--split=test|all] [--step=N] [--data=PATH]
   python main.py --workdir=DIR --mode=predict --images='photos/*.jpg'
 """
-import ast
-import contextlib
 import sys
 
 from absl import app
 from absl import flags
-import ml_collections
 from ml_collections import config_flags
 
 from comicface import host  # sets XLA flags for CPUs before JAX starts
@@ -25,45 +22,30 @@ flags.DEFINE_string('data_dir', None, '--mode=evaluate: where --data is built '
                     '(default: $TFDS_DATA_DIR/comicface_eval/NAME).')
 flags.DEFINE_list('images', [], '--mode=predict: image paths or globs.')
 flags.DEFINE_bool('verbose', False, 'Show the traceback of expected errors too.')
+GRID_FLAG = '--config.grid.'  # a grid axis, which any config takes (its grid is not locked): see parse_flags
+_is_axis = lambda arg: arg.startswith(GRID_FLAG) and '=' in arg
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/default.py[:runlocal]; '
                                 'optional for evaluate and predict (the workdir records it).',
-                                lock_config=True)
+                                lock_config=True, sys_argv=[a for a in sys.argv if not _is_axis(a)])
 flags.mark_flags_as_required(['workdir'])
 
 
-GRID_FLAG = '--config.grid.'
-
-
-def _value(text: str):
-  """A flag's value as Python reads it ('(1e-2, 1e-3)' is a tuple), else the string itself."""
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with a message instead of a traceback for a bad --config.FIELD. A grid
-  axis (--config.grid.FIELD=VALUES) may be added to any config, whose grid is otherwise locked."""
-  axes = [a[len(GRID_FLAG):].split('=', 1) for a in argv if a.startswith(GRID_FLAG) and '=' in a]
+  """absl's parsing, with a message instead of a traceback for a bad --config.FIELD; then the
+  grid axes (--config.grid.FIELD=VALUES), which any config takes."""
   try:
-    rest = FLAGS([a for a in argv if not (a.startswith(GRID_FLAG) and '=' in a)])
+    rest = FLAGS([a for a in argv if not _is_axis(a)])
   except flags.Error as e:
     sys.exit(f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.')
   except Exception as e:  # pylint: disable=broad-except  (ml_collections raises plain errors)
     sys.exit(f'FATAL Flags parsing error: {type(e).__name__}: {e}\n'
              'A --config.FIELD override names no field of the config, or gives it a value it cannot take.')
+  axes = [a[len(GRID_FLAG):].split('=', 1) for a in argv if _is_axis(a)]
   if axes and FLAGS.config is None:
     sys.exit('FATAL Flags parsing error: --config.grid.FIELD needs --config=configs/NAME.py.')
-  with FLAGS.config.grid.unlocked() if axes else contextlib.nullcontext():
-    for dotted, text in axes:
-      *parents, leaf = dotted.split('.')
-      grid = FLAGS.config.grid
-      for part in parents:
-        if part not in grid:
-          grid[part] = ml_collections.ConfigDict(type_safe=False)
-        grid = grid[part]
-      grid[leaf] = _value(text)
+  if axes:
+    from comicface import configuration  # pylint: disable=g-import-not-at-top
+    configuration.add_grid_axes(FLAGS.config, axes)
   return rest
 
 

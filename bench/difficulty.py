@@ -13,6 +13,7 @@ from absl import logging
 import numpy as np
 
 from comicface import input_pipeline, search
+from comicface.search import plans, trials
 from configs import cnn_grid
 
 
@@ -31,8 +32,8 @@ def main() -> None:
   root = pathlib.Path(tempfile.mkdtemp(prefix='difficulty_'))
   data_config = search._one_dataset(config, str(root))  # pylint: disable=protected-access
   builder = input_pipeline.prepare(data_config, str(root))
-  s = search.Search(data_config, root, input_pipeline.Task.of(builder), 'sequential')
-  search.grid(s)
+  s = trials.Search(data_config, root, input_pipeline.Task.of(builder), 'sequential')
+  plans.grid(s)
   histories = s.histories()
   print(f'difficulty {a.difficulty}: {builder.info.splits["train"].num_examples} train, '
         f'{builder.info.splits["validation"].num_examples} validation images')

@@ -16,6 +16,7 @@ from comicface import host  # XLA flags for CPUs, before JAX starts
 import jax
 
 from comicface import input_pipeline, search, search_space, synthetic
+from comicface.search import plans, trials
 from configs import cnn_grid
 
 
@@ -33,23 +34,23 @@ def main() -> None:
   config.dataset.data_dir = str(root / 'tfds')
   config.num_epochs = a.epochs
   config.log_every_steps = 10_000
-  trials = search_space.expand(config)
+  expanded = search_space.expand(config)
   builder = input_pipeline.prepare(config, str(root))
   task = input_pipeline.Task.of(builder)
   n = builder.info.splits['train'].num_examples
   if not a.json:
-    print(f'{len(trials)} trials x {a.epochs} epoch(s) on {n} train images, '
+    print(f'{len(expanded)} trials x {a.epochs} epoch(s) on {n} train images, '
           f'{jax.device_count()} x {jax.devices()[0].device_kind}', flush=True)
   modes = [search.resolve_mode(config)] if a.json else a.modes.split(',')
   for mode in modes:
     start = time.perf_counter()
-    search.grid(search.Search(config, root / mode, task, mode))
+    plans.grid(trials.Search(config, root / mode, task, mode))
     secs = time.perf_counter() - start
     if a.json:
-      print(json.dumps({'mode': mode, 'trials': len(trials), 'images': n, 'seconds': secs}))
+      print(json.dumps({'mode': mode, 'trials': len(expanded), 'images': n, 'seconds': secs}))
     else:
-      print(f'{mode:<10} {secs:8.1f} s  {secs / len(trials):6.1f} s/trial  '
-            f'{len(trials) * n * a.epochs / secs:6.1f} train img/s', flush=True)
+      print(f'{mode:<10} {secs:8.1f} s  {secs / len(expanded):6.1f} s/trial  '
+            f'{len(expanded) * n * a.epochs / secs:6.1f} train img/s', flush=True)
   shutil.rmtree(root)
 
 

@@ -13,6 +13,7 @@ from absl import logging
 from comicface import checkpointing
 from comicface import errors
 from comicface import logs
+from comicface import workdir as workdirs
 from comicface.steps import mean_records, Metrics, Record, summarize
 
 if TYPE_CHECKING:
@@ -158,6 +159,11 @@ def preempted() -> bool:
   return _PREEMPTED.is_set()
 
 
+def preempted_within(seconds: float) -> bool:
+  """Waits up to `seconds` for SIGTERM's request; whether it came."""
+  return _PREEMPTED.wait(seconds)
+
+
 @contextlib.contextmanager
 def handle_sigterm() -> Iterator[None]:
   """While entered, SIGTERM asks every run of the process to save and stop. Entered around a
@@ -207,9 +213,17 @@ class StopOnPreemption(Action):
       raise Preempted
 
 
+class StopOnLostHold(Action):
+  """Stops the run (workdir.HoldLostError) once a hold of this process could not write its
+  heartbeat: another run may be taking its place."""
+
+  def after_steps(self, run: Run, sums: Metrics, taken: int) -> None:
+    workdirs.raise_if_hold_lost()
+
+
 def standard(run: Run, stop_on_nonfinite: bool = True) -> list[Action]:
   """The actions of a training run, in the order they must run after an epoch (the
   finite check before the checkpoint, the preemption check after it). A search's
   trials may diverge alone (`stop_on_nonfinite=False`): their NaN ranks them last."""
   return [ReportProgress(run), *([StopOnNonFinite()] if stop_on_nonfinite else []), WriteTensorBoard(run),
-          SaveCheckpoints(), EarlyStopping(), StopOnPreemption(stop_on_nonfinite)]
+          SaveCheckpoints(), EarlyStopping(), StopOnPreemption(stop_on_nonfinite), StopOnLostHold()]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import pathlib
 import threading
@@ -9,6 +10,8 @@ from typing import Any, Sequence
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -98,32 +101,95 @@ def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any
   return out['state'], out['meta']
 
 
+class CheckpointRestoreError(errors.UserError, RuntimeError):
+  """A checkpoint could not be read, for a cause outside its files (memory, permissions, I/O)."""
+
+
+# What a damaged checkpoint's restore raises, read off Orbax and TensorStore: its files missing,
+# short or unreadable as what they claim to be. Anything else is not taken for damage.
+_DAMAGE = ('NOT_FOUND:', 'DATA_LOSS:', 'OUT_OF_RANGE:', 'FAILED_PRECONDITION:', 'was not found in the checkpoint')
+_NOT_DAMAGE = ('RESOURCE_EXHAUSTED', 'PERMISSION_DENIED', 'UNAVAILABLE', 'DEADLINE_EXCEEDED', 'ABORTED',
+               'out of memory', 'Out of memory', 'Input/output error')
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+  chain = []
+  while error is not None and error not in chain:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return chain
+
+
+def damaged(error: BaseException, folder: pathlib.Path) -> bool:
+  """Whether `error`, raised restoring the checkpoint in `folder`, shows that the checkpoint's
+  own files are damaged (missing, truncated, failing their checks), rather than that
+  something around them failed (memory, permissions, a transient I/O error): every file of
+  the checkpoint reads back whole, and the error says damage and nothing else."""
+  try:
+    for path in folder.rglob('*'):
+      if path.is_file():
+        path.read_bytes()
+  except OSError as e:
+    return isinstance(e, FileNotFoundError)
+  causes = _causes(error)
+  if any(isinstance(e, (MemoryError, PermissionError)) or (isinstance(e, OSError) and
+         not isinstance(e, FileNotFoundError)) or any(s in str(e) for s in _NOT_DAMAGE) for e in causes):
+    return False
+  return any(isinstance(e, (FileNotFoundError, json.JSONDecodeError)) or any(s in str(e) for s in _DAMAGE)
+             for e in causes)
+
+
+def _agreed(verdict: str, member: int) -> tuple[str, int]:
+  """The verdict of all processes ('error' if any has one, else 'damaged' if any, else 'ok'),
+  and the member whose checkpoint it is about."""
+  if jax.process_count() == 1:
+    return verdict, member
+  order = ('ok', 'damaged', 'error')
+  codes = multihost_utils.process_allgather(np.asarray([order.index(verdict), member]))
+  worst = codes[np.argmax(codes[:, 0])]
+  return order[int(worst[0])], int(worst[1])
+
+
 def restore_latest(managers: Sequence[ocp.CheckpointManager],
                    targets: Sequence[Any]) -> list[tuple[Any, dict]] | None:
-  """The newest step that every manager holds and reads back, restored from each (into
-  the matching target); None if there is none. An unreadable checkpoint is moved aside to
-  `checkpoints/corrupt-N` with a warning. Steps newer than the one restored (a save that
-  a kill cut short in some managers) are deleted: training recomputes them as they were."""
+  """The newest step that every manager holds and reads back, restored from each (into the
+  matching target); None if there is none.
+
+  A checkpoint that fails to read because its files are damaged (`damaged`) is moved aside
+  to `checkpoints/corrupt-N`, with a warning, and the previous one is tried; any other
+  failure raises CheckpointRestoreError naming the checkpoint and the cause, and leaves
+  every file in place. All processes agree on the verdict before anything is renamed.
+  Steps newer than the one restored (a save that a kill cut short in some managers) are
+  deleted: training recomputes them as they were."""
   while True:
     common = set.intersection(*(set(m.all_steps()) for m in managers))
     if not common:
       return None
-    step, restored = max(common), []
-    for manager, target in zip(managers, targets):
+    step, restored, verdict, failed, cause = max(common), [], 'ok', 0, 'in another process'
+    for i, (manager, target) in enumerate(zip(managers, targets)):
       try:
         restored.append(restore(manager, step, target))
       except Exception as e:  # pylint: disable=broad-except  (tensorstore raises many kinds)
-        path = pathlib.Path(manager.directory) / str(step)
-        logging.warning('Checkpoint %s cannot be read (%s: %s); moving it aside to corrupt-%d '
-                        'and using the previous one.', path, type(e).__name__, str(e)[:300], step)
-        if jax.process_index() == 0:
-          path.rename(path.with_name(f'corrupt-{step}'))
-        manager.reload()
+        damage = damaged(e, pathlib.Path(manager.directory) / str(step))
+        verdict, failed, cause = ('damaged' if damage else 'error'), i, f'{type(e).__name__}: {str(e)[:300]}'
         break
-    else:
+    verdict, failed = _agreed(verdict, failed)
+    if verdict == 'ok':
       for manager in managers:
         for newer in (s for s in manager.all_steps() if s > step):
           logging.warning('Deleting checkpoint %d of %s, newer than the others of its stack.', newer,
                           manager.directory)
           manager.delete(newer)
       return restored
+    folder = pathlib.Path(managers[failed].directory) / str(step)
+    if verdict == 'error':
+      raise CheckpointRestoreError(
+          f'Checkpoint {folder} could not be read ({cause}), and its files are intact: nothing was moved or '
+          'deleted. Fix the cause (memory, permissions, the file system) and rerun to resume.')
+    logging.warning('Checkpoint %s is damaged (%s); moving it aside to corrupt-%d and using the previous one.',
+                    folder, cause, step)
+    if jax.process_index() == 0:
+      folder.rename(folder.with_name(f'corrupt-{step}'))
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'comicface checkpoint {folder} set aside')
+    managers[failed].reload()

@@ -1,6 +1,9 @@
 """Checks on a config before any work starts: each bad value is a ConfigError naming it."""
 from __future__ import annotations
 
+import ast
+from typing import Sequence
+
 import jax
 import ml_collections
 
@@ -68,3 +71,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(calls == 'auto' or str(calls).isdigit() and int(calls) >= 1, 'speed.steps_per_call', "'auto' or >= 1")
   need(config.speed.predict_chunk >= 0, 'speed.predict_chunk', '>= 0 (0: the whole batch)')
   need(config.speed.cpu_slice_images >= 0, 'speed.cpu_slice_images', '>= 0 (0: the whole batch)')
+
+
+def add_grid_axes(config: ml_collections.ConfigDict, axes: Sequence[tuple[str, str]]) -> None:
+  """Sets each grid axis ('model.filters_1', '(8, 16)') in `config.grid`, which may lack it
+  even where the config is locked; a value reads as Python reads it ('(1e-2, 1e-3)' is a
+  tuple), else as the string it is ('log_uniform(1e-4, 1e-1)')."""
+  with config.grid.unlocked():
+    for dotted, text in axes:
+      *parents, leaf = dotted.split('.')
+      grid = config.grid
+      for part in parents:
+        if part not in grid:
+          grid[part] = ml_collections.ConfigDict(type_safe=False)
+        grid = grid[part]
+      try:
+        grid[leaf] = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        grid[leaf] = text

@@ -78,10 +78,16 @@ def axes(config: ml_collections.ConfigDict) -> dict[str, tuple | Range]:
 def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
   *parents, leaf = dotted.split('.')
   for p in parents:
+    if p not in config or not isinstance(config[p], ml_collections.ConfigDict):
+      raise errors.ConfigError(f'config.grid names {dotted!r}, which is not a config field.')
     config = config[p]
   if leaf not in config:
     raise errors.ConfigError(f'config.grid names {dotted!r}, which is not a config field.')
-  config[leaf] = type(config[leaf])(value) if isinstance(config[leaf], (int, float)) else value
+  try:
+    config[leaf] = type(config[leaf])(value) if isinstance(config[leaf], (int, float)) else value
+  except (TypeError, ValueError):
+    raise errors.ConfigError(f'config.grid.{dotted} holds {value!r}, which config.{dotted} '
+                             f'({type(config[leaf]).__name__}) cannot take.') from None
 
 
 def trial(config: ml_collections.ConfigDict, index: int, values: dict[str, Any], epochs: int) -> Trial:
@@ -95,6 +101,25 @@ def trial(config: ml_collections.ConfigDict, index: int, values: dict[str, Any],
   shown = lambda v: f'{v:.4g}' if isinstance(v, float) else str(v)
   name = f'{index:03d}_' + '_'.join(f'{k.split(".")[-1]}={shown(v)}' for k, v in values.items())
   return Trial(name, values, c)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks `config.grid` before anything is written: each axis names a config field and
+  holds values (or a range), each of which, set alone, gives a valid config. Raises
+  ConfigError naming the axis and the value."""
+  for dotted, axis in axes(config).items():
+    if isinstance(axis, tuple) and not axis:
+      raise errors.ConfigError(f'config.grid.{dotted} is empty: give it at least one value.')
+    if dotted == EPOCHS:
+      bad = [e for e in axis if not isinstance(e, int) or isinstance(e, bool) or e < 1]
+      if bad:
+        raise errors.ConfigError(f'config.grid.{dotted}={axis!r} is invalid: epoch counts must be integers >= 1.')
+      continue
+    for value in (axis.low, axis.high) if isinstance(axis, Range) else axis:
+      try:
+        trial(config, 0, {dotted: value}, config.num_epochs)
+      except errors.ConfigError as e:
+        raise errors.ConfigError(f'config.grid.{dotted} holds {value!r}, which is invalid: {e}') from None
 
 
 def epochs_to_read(config: ml_collections.ConfigDict) -> list[int]:

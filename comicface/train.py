@@ -284,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns None if preempted (a checkpoint was saved; rerun to resume). `steps`: see `setup`.
   """
   workdirs.check(config, workdir)
-  with workdirs.Hold(workdir), actions_lib.handle_sigterm():
+  with workdirs.Hold(workdir, wait=workdirs.TAKEOVER_SECONDS), actions_lib.handle_sigterm():
     workdirs.claim(config, workdir)
     return _train_and_evaluate(config, workdir, steps)
 

@@ -27,8 +27,11 @@ IDENTITY = ('dataset.name', 'dataset.manual_dir', 'dataset.split_scheme', 'datas
             'optimizer', 'augment_hflip', 'learning_rate', 'batch_size', 'train_splits', 'seed', 'grid',
             'search', 'halving', 'bayesian_batch', 'seeds', 'early_stopping')
 HOLD_FILE = 'run.lock'
-HEARTBEAT_SECONDS = 30  # a holder touches its hold file this often...
-STALE_SECONDS = 120     # ...and one not touched for this long, on another host, is dead
+# A holder touches its hold file this often; one not touched for STALE_BEATS of these, by the
+# file system's own clock, is dead. Raise it where the file system caches attributes longer.
+HEARTBEAT_SECONDS = float(os.environ.get('COMICFACE_HEARTBEAT_SECONDS', 30))
+STALE_BEATS = 4
+TAKEOVER_SECONDS = (STALE_BEATS + 1) * HEARTBEAT_SECONDS  # what a run waits for a fresh holder to prove itself
 
 
 class WorkdirConflictError(errors.UserError, RuntimeError):
@@ -41,6 +44,10 @@ class NoRunError(errors.UserError, FileNotFoundError):
 
 class WorkdirBusyError(errors.UserError, RuntimeError):
   """A live run holds the workdir."""
+
+
+class HoldLostError(errors.UserError, RuntimeError):
+  """A run could not keep up its hold on its workdir: another run may take it over."""
 
 
 def identity(config: ml_collections.ConfigDict) -> dict:
@@ -119,18 +126,46 @@ def _pid_start(pid: int) -> str | None:
     return 'unknown'
 
 
+def file_system_now(directory: pathlib.Path) -> float:
+  """The time by the clock of the file system holding `directory` (a file's mtime is set by
+  the server on NFS and the like), so that heartbeats are judged without trusting clocks."""
+  probe = directory / f'.clock.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}'
+  probe.touch()
+  try:
+    return probe.stat().st_mtime
+  finally:
+    probe.unlink(missing_ok=True)
+
+
+_LOST: list[str] = []  # why holds of this process failed to beat
+
+
+def raise_if_hold_lost() -> None:
+  """Raises HoldLostError if a hold of this process could not write its heartbeat."""
+  if _LOST:
+    raise HoldLostError(f'{_LOST[0]} This run stops, so that no other run trains in its place at the same '
+                        'time; its checkpoints are kept: rerun to resume.')
+
+
 class Hold:
   """While entered, this run (its process 0) holds `directory`; a second run is refused.
 
-  The hold is an flock on `directory/run.lock`, which the kernel releases when
-  the holder dies, and the file names the holder (host, pid, start time). A file
-  left by a dead holder is taken over with a warning. Where the file system does
-  not lock across hosts, the holder's heartbeat (the file's mtime) tells a live
-  holder on another host from a dead one.
+  The hold is an flock on `directory/run.lock`, whose file names the holder (host, pid,
+  start time) and carries its heartbeat (the file's mtime, touched every
+  HEARTBEAT_SECONDS). Whether an earlier holder still lives is told, in this order:
+  - by the lock, where the file system keeps locks (a dead process's lock is released);
+  - on the same host, by its pid (and that pid's start time);
+  - on another host, by its heartbeat, measured against the file system's own clock: stale
+    after STALE_BEATS heartbeats without a beat.
+  With `wait` seconds, a holder whose heartbeat is still fresh (a job requeued right after
+  a kill, on another node) is watched until it beats (alive: refused) or goes stale (dead:
+  taken over, with a warning), as is a lock held beyond that (a dead client's lease).
+  A heartbeat that cannot be written is recorded: `raise_if_hold_lost` stops the run.
   """
 
-  def __init__(self, directory: str):
+  def __init__(self, directory: str, wait: float = 0.0):
     self.path = pathlib.Path(directory) / HOLD_FILE
+    self.wait = wait
     self._fd: int | None = None
     self._stop = threading.Event()
 
@@ -140,15 +175,24 @@ class Hold:
     except (OSError, ValueError):
       return {}
 
-  def _alive(self, holder: dict) -> bool:
-    if holder.get('host') == socket.gethostname():
+  def _beat_age(self) -> float:
+    """Seconds since the holder's last heartbeat, by the file system's clock."""
+    return file_system_now(self.path.parent) - self.path.stat().st_mtime
+
+  def _verdict(self, locked: bool, holder: dict, first_beat: float) -> str:
+    """'free', 'alive' or 'unsure' (a fresh heartbeat, not yet seen to beat)."""
+    if locked and not holder:
+      return 'free'  # released cleanly
+    if locked and holder.get('host') == socket.gethostname():
       start = _pid_start(holder['pid'])
-      return start is not None and start in (holder.get('pid_start'), 'unknown')
-    return time.time() - self.path.stat().st_mtime < STALE_SECONDS
+      return 'alive' if start is not None and start in (holder.get('pid_start'), 'unknown') else 'free'
+    beating = self.path.stat().st_mtime > first_beat
+    stale = self._beat_age() > STALE_BEATS * HEARTBEAT_SECONDS
+    if not locked:  # its holder lives, unless its heartbeat stopped long ago (a dead client's lease)
+      return 'alive' if beating or not stale else 'unsure'
+    return 'free' if stale else 'alive' if beating else 'unsure'  # a file system without shared locks
 
   def _refuse(self, holder: dict) -> WorkdirBusyError:
-    os.close(self._fd)
-    self._fd = None
     who = (f'pid {holder.get("pid")} on {holder.get("host")}, started {holder.get("started")}'
            if holder else 'a process that has not yet written its name')
     return WorkdirBusyError(
@@ -160,17 +204,32 @@ class Hold:
       return self
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      raise self._refuse(self._holder()) from None
-    previous = self._holder()
-    if previous and self._alive(previous):  # a file system without locks across hosts
-      raise self._refuse(previous)
-    if previous:
+    deadline, first_beat, told = time.monotonic() + self.wait, self.path.stat().st_mtime, False
+    while True:
+      try:
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locked = True
+      except BlockingIOError:
+        locked = False
+      holder = self._holder()
+      verdict = self._verdict(locked, holder, first_beat)
+      if verdict == 'free':
+        break
+      if locked:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+      if verdict == 'alive' or time.monotonic() >= deadline:
+        os.close(self._fd)
+        self._fd = None
+        raise self._refuse(holder)
+      if not told:
+        logging.warning('%s is held by pid %s on %s, whose heartbeat is fresh: waiting up to %.0f s for it to '
+                        'beat (alive) or go stale (dead).', self.path.parent, holder.get('pid'), holder.get('host'),
+                        self.wait)
+        told = True
+      time.sleep(min(HEARTBEAT_SECONDS / 4, max(0.0, deadline - time.monotonic())))
+    if holder:
       logging.warning('Taking over %s from a run that ended without releasing it (pid %s on %s, '
-                      'started %s).', self.path.parent, previous.get('pid'), previous.get('host'),
-                      previous.get('started'))
+                      'started %s).', self.path.parent, holder.get('pid'), holder.get('host'), holder.get('started'))
     me = {'host': socket.gethostname(), 'pid': os.getpid(), 'pid_start': _pid_start(os.getpid()),
           'started': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
           'command': ' '.join(sys.argv)}
@@ -181,8 +240,18 @@ class Hold:
     return self
 
   def _heartbeat(self) -> None:
+    """Touches the hold file; stops, recording why, if it cannot or if the file is no longer
+    the one held (deleted, or replaced by another run's)."""
     while not self._stop.wait(HEARTBEAT_SECONDS):
-      os.utime(self.path)
+      try:
+        if os.stat(self.path).st_ino != os.fstat(self._fd).st_ino:
+          raise FileNotFoundError(f'{self.path} was replaced')
+        os.utime(self.path)
+      except OSError as e:
+        if not self._stop.is_set():
+          _LOST.append(f'The heartbeat of {self.path} could not be written ({e}).')
+          logging.error('%s', _LOST[-1])
+        return
 
   def __exit__(self, *exc) -> None:
     if self._fd is None:

@@ -124,7 +124,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(straight, tmp_path):
   data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])  # truncated
   r = run_main(workdir, '--config.num_epochs=3')
   assert r.returncode == 0, r.stderr[-3000:]
-  assert f'Checkpoint {workdir / "checkpoints" / str(latest)} cannot be read' in r.stderr
+  assert f'Checkpoint {workdir / "checkpoints" / str(latest)} is damaged' in r.stderr
   assert (workdir / 'checkpoints' / f'corrupt-{latest}').exists()  # moved aside, not deleted
   assert_same_params(workdir, straight)  # the previous epoch was retrained to the same end
 

@@ -11,6 +11,7 @@ import ml_collections
 import pytest
 
 from comicface import errors, search, search_space
+from comicface.search import trials
 from configs import cnn_grid, mlp_grid
 from conftest import ROOT, Compiles, tiny_config
 
@@ -63,10 +64,10 @@ def test_selection_breaks_ties_by_loss_then_fewer_epochs():
       'b': [_record(1, 0.95, 0.25), _record(2, 0.95, 0.1), _record(3, 0.5, 0.1)],
       'c': [_record(1, math.nan, math.nan), _record(2, 0.95, 0.1)],
   }
-  assert search.select(histories, [1, 2, 3]) == ('b', _record(2, 0.95, 0.1))  # b/2 ties c/2: order kept
-  assert search.select({'a': histories['a']}, [1, 2, 3])[1]['epoch'] == 2    # same acc and loss: fewer epochs
-  assert search.select(histories, [1, 3]) == ('a', _record(3, 0.95, 0.2))      # epochs off the axis ignored
-  assert search.select({'c': histories['c']}, [1])[1]['epoch'] == 1           # only NaN: still a result
+  assert trials.select(histories, [1, 2, 3]) == ('b', _record(2, 0.95, 0.1))  # b/2 ties c/2: order kept
+  assert trials.select({'a': histories['a']}, [1, 2, 3])[1]['epoch'] == 2    # same acc and loss: fewer epochs
+  assert trials.select(histories, [1, 3]) == ('a', _record(3, 0.95, 0.2))      # epochs off the axis ignored
+  assert trials.select({'c': histories['c']}, [1])[1]['epoch'] == 1           # only NaN: still a result
 
 
 @pytest.fixture(scope='module')
@@ -161,7 +162,7 @@ def test_grid_is_overridden_from_the_command_line():
   script = ('import json, sys\n'
             'import main\n'
             'from comicface import search_space\n'
-            'main.FLAGS(sys.argv)\n'
+            'main.parse_flags(sys.argv)\n'
             'trials = search_space.expand(main.FLAGS.config)\n'
             'print(json.dumps([[t.config.model.filters_1, t.config.learning_rate] for t in trials]))\n')
   r = subprocess.run([sys.executable, '-c', script, '--config=configs/cnn_grid.py', '--workdir=unused',

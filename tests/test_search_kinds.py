@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from comicface import actions, configuration, errors, search, search_space, train
+from comicface.search import plans
 from configs import cnn_grid
 from conftest import ROOT, override, tiny_config
 from test_reliability import final_params, wait_for
@@ -28,7 +29,7 @@ def tiny_search(kind: str, **overrides):
 
 
 def test_every_search_kind_has_its_plan():
-  assert set(search.PLANS) == set(configuration.SEARCHES)
+  assert set(plans.PLANS) == set(configuration.SEARCHES)
 
 
 def test_random_draws_are_seeded_and_extend_without_changing():
@@ -61,7 +62,7 @@ def test_bad_ranges_are_named(spec):
     (10, 1, 3, [1, 3, 10]), (9, 1, 3, [1, 3, 9]), (3, 1, 2, [2, 3]), (30, 1, 3, [1, 3, 10, 30]),
     (10, 4, 3, [10]), (10, 3, 3, [3, 10]), (5, 5, 3, [5])])
 def test_halving_rungs(max_epochs, min_epochs, factor, rungs):
-  assert search.rung_epochs(max_epochs, min_epochs, factor) == rungs
+  assert plans.rung_epochs(max_epochs, min_epochs, factor) == rungs
 
 
 def _rule(**kw):

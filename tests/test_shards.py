@@ -2,14 +2,14 @@
 dead job rerun resumes its own trials, and the end equals the single job's."""
 import json
 import subprocess
-import time
 
 import pytest
 
-from comicface import search, search_space
+from comicface import search_space
+from comicface.search import jobs
 from configs import cnn_grid
 from conftest import ROOT
-from test_reliability import TINY, main_cmd, run_main, wait_for
+from test_reliability import TINY, main_cmd, run_main
 
 # A tiny grid of 4 trials (2 learning rates x 2 dropout rates), trial after trial.
 GRID = ['--config=configs/cnn_grid.py:runlocal', *TINY[1:], '--config.num_epochs=2',
@@ -23,12 +23,12 @@ def test_the_shares_cover_every_trial_once_and_evenly(count, mode):
   trials = search_space.expand(cnn_grid.get_config())
   groups = search_space.groups(trials, mode)
   cost = lambda group: sum(t.config.model.filters_1 * (1 + t.config.model.filters_2) for t in group)
-  shares = [search.assign(groups, i, count, cost) for i in range(count)]
+  shares = [jobs.assign(groups, i, count, cost) for i in range(count)]
   names = [t.name for share in shares for group in share for t in group]
   assert sorted(names) == sorted(t.name for t in trials)  # each once
   loads = [sum(map(cost, share)) for share in shares]
   assert max(loads) - min(loads) <= max(map(cost, groups))  # evenly, as far as whole groups allow
-  assert shares == [search.assign(groups, i, count, cost) for i in range(count)]  # the same again
+  assert shares == [jobs.assign(groups, i, count, cost) for i in range(count)]  # the same again
 
 
 @pytest.mark.parametrize('env, shard', [
@@ -41,11 +41,11 @@ def test_the_shares_cover_every_trial_once_and_evenly(count, mode):
 ])
 def test_the_shard_comes_from_the_launchers_variables(env, shard):
   config = cnn_grid.get_config()
-  assert search.shard_of(config, env) == shard
+  assert jobs.shard_of(config, env) == shard
   config.shard = '1/3'
-  assert search.shard_of(config, env) == (1, 3)  # an explicit shard wins
+  assert jobs.shard_of(config, env) == (1, 3)  # an explicit shard wins
   config.shard = ''
-  assert search.shard_of(config, env) == (0, 1)
+  assert jobs.shard_of(config, env) == (0, 1)
 
 
 @pytest.fixture(scope='module')
@@ -65,32 +65,15 @@ def _same_search(a: dict, b: dict) -> None:
 
 @pytest.mark.slow
 def test_two_jobs_share_a_search_and_end_as_one_job(tmp_path, single_job):
+  """Each trains its own trials first (each held while trained), and both end with the results."""
   workdir = tmp_path / 'w'
-  jobs = [subprocess.Popen(main_cmd(workdir, f'--config.shard={i}/2', base=GRID), cwd=ROOT, text=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
-  logs = [job.communicate(timeout=600)[1] for job in jobs]
-  assert [job.returncode for job in jobs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
-  trained_by = [json.loads(p.read_text())['trained_by']['job'] for p in (workdir / 'trials').glob('*/trial.json')]
-  assert sorted(trained_by) == [[0, 2], [0, 2], [1, 2], [1, 2]]  # each trial once, two each
-  _same_search(json.loads((workdir / 'results.json').read_text()), single_job)
-
-
-@pytest.mark.slow
-def test_a_killed_job_rerun_on_its_shard_resumes_its_trials(tmp_path, single_job):
-  workdir = tmp_path / 'w'
-  first = subprocess.Popen(main_cmd(workdir, '--config.shard=0/2', base=GRID), cwd=ROOT, text=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  wait_for(first, 'epoch 2/2 step')  # the second epoch of its first trial, whose first is saved:
-  deadline = time.time() + 60
-  while not any(p.name.isdigit() for p in workdir.glob('trials/000_*/checkpoints/*')) and time.time() < deadline:
-    time.sleep(0.05)
-  first.kill()
-  first.wait()
-  assert first.returncode == -9 and not list((workdir / 'trials').glob('*/trial.json'))  # the kill took
-  other = run_main(workdir, '--config.shard=1/2', base=GRID)
-  assert other.returncode == 0 and 'has trained its trials' in other.stderr
-  assert not (workdir / 'results.json').exists()
-  rerun = run_main(workdir, '--config.shard=0/2', base=GRID)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert 'resumed from step' in rerun.stderr and 'Taking over' in rerun.stderr
+  procs = [subprocess.Popen(main_cmd(workdir, f'--config.shard={i}/2', base=GRID), cwd=ROOT, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
+  logs = [proc.communicate(timeout=600)[1] for proc in procs]
+  assert [proc.returncode for proc in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+  records = [json.loads(p.read_text()) for p in (workdir / 'trials').glob('*/trial.json')]
+  assert len(records) == 4 and all(len(r['history']) == 2 for r in records)  # every trial, trained once
+  assert {tuple(r['trained_by']['job']) for r in records} == {(0, 2), (1, 2)}  # both jobs trained
+  plan = json.loads((workdir / 'plan.json').read_text())
+  assert plan['jobs'] == 2 and sorted(plan['requests']['grid'].values()) == [0, 0, 1, 1]
   _same_search(json.loads((workdir / 'results.json').read_text()), single_job)

@@ -6,6 +6,7 @@ import contextlib
 import math
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from absl import logging
@@ -88,12 +89,20 @@ class WriteTensorBoard(Action):
 
 
 class SaveCheckpoints(Action):
-  """A checkpoint of every member after every epoch, with its validation metrics, so that
-  its manager keeps its best beside its latest."""
+  """A checkpoint of every member at the first epoch's end after `config.checkpoint_seconds`
+  since the last (and when the run ends: `train.fit`), with its epoch's record, by which its
+  manager keeps its best beside its latest; meanwhile a member's best epoch is held on the
+  host (`Run.hold_best`) and written with its next checkpoint."""
+
+  def __init__(self):
+    self.last = time.monotonic()
 
   def after_epoch(self, run: Run, records: list[Record]) -> None:
-    run.save(metrics=[{'val_accuracy': r['val_accuracy'], 'val_loss': r['val_loss'], 'epoch': r['epoch']}
-                      for r in records])
+    if time.monotonic() - self.last >= run.config.checkpoint_seconds:
+      run.save()
+      self.last = time.monotonic()
+    else:
+      run.hold_best()
 
 
 def stops_early(rule: Any, history: Sequence[Record]) -> bool:
@@ -207,7 +216,8 @@ class StopOnPreemption(Action):
       raise Preempted
 
   def after_epoch(self, run: Run, records: list[Record]) -> None:
-    if run.epoch < run.config.num_epochs and self._due(run):  # the epoch's checkpoint is saved
+    if run.epoch < run.config.num_epochs and self._due(run):
+      run.save(run.unsaved())
       for member in run.members:
         checkpointing.wait(member.manager)
       raise Preempted

@@ -29,6 +29,11 @@ def rank(record: dict[str, float]) -> tuple[float, float, float]:
   return (finite(record['val_accuracy']), finite(-record['val_loss']), -record['epoch'])
 
 
+def metrics_of(record: dict[str, Any]) -> dict[str, float]:
+  """What a checkpoint records of its epoch's record, for `rank` to keep the best."""
+  return {k: v for k, v in record.items() if isinstance(v, (int, float))}
+
+
 def manager(workdir: str, keep_latest: int) -> ocp.CheckpointManager:
   """A manager in `workdir/checkpoints` saving `state` (arrays) and `meta` (JSON).
 

@@ -65,6 +65,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   one_of('early_stopping.mode', ('auto', 'min', 'max'))
   need(stopping.patience >= 0 and stopping.min_delta >= 0 and stopping.start_from_epoch >= 0,
        'early_stopping.patience', '>= 0, as min_delta and start_from_epoch')
+  need(config.checkpoint_seconds >= 0, 'checkpoint_seconds', '>= 0 (0: a checkpoint every epoch)')
   one_of('speed.kernels', ('auto', 'xla', 'cpu'))
   one_of('speed.feed', ('auto', 'resident', 'stream'))
   calls = config.speed.steps_per_call

@@ -86,6 +86,8 @@ class Member:
   correct: list[str] = dataclasses.field(default_factory=list)  # per epoch: its right validation examples
   partial: dict | None = None  # the sums of an epoch cut short by a preemption save
   stopped: bool = False  # by early stopping
+  saved_step: int = 0  # of its latest checkpoint
+  pending: tuple | None = None  # its best epoch since then, on the host: (step, state, meta, metrics)
 
   @property
   def init_key(self) -> jax.Array:
@@ -131,24 +133,48 @@ class Run:
   def member_state(self, i: int) -> steps_lib.State:
     return jax.tree.map(lambda x: x[i], self.state) if self.stacked else self.state
 
-  def save(self, metrics: Sequence[dict | None] | None = None, partial: steps_lib.Metrics | None = None) -> None:
-    """Starts a checkpoint of every member at this step, with its history (and `partial`,
-    the current epoch's sums so far, where it is saved mid-epoch; `metrics` let a member's
-    manager keep its best checkpoint beside the latest)."""
+  def _meta(self, member: Member, partial: dict | None = None) -> dict:
+    return {'history': list(member.history), 'correct': list(member.correct), 'partial': partial}
+
+  def save(self, which: Sequence[int] | None = None, partial: steps_lib.Metrics | None = None) -> None:
+    """Starts a checkpoint of the members `which` (default: all) at this step, with their
+    histories (and `partial`, the current epoch's sums so far, where it is saved mid-epoch;
+    at an epoch's end, its record, by which a member's manager keeps its best checkpoint
+    beside the latest), each first writing its best epoch held on the host (`hold_best`)."""
     sums = partial and {k: np.atleast_1d(jax.device_get(v)) for k, v in partial.items()}
+    for i in range(len(self.members)) if which is None else which:
+      member = self.members[i]
+      if member.pending and member.pending[0] < self.step:  # at this step, the state is saved below
+        checkpointing.save(member.manager, *member.pending)
+      member.pending = None
+      metrics = checkpointing.metrics_of(member.history[-1]) if member.history and not sums else None
+      checkpointing.save(member.manager, self.step, self.member_state(i),
+                         self._meta(member, sums and {k: float(v[i]) for k, v in sums.items()}), metrics)
+      member.saved_step = self.step
+
+  def hold_best(self) -> None:
+    """Keeps on the host the state of each member whose latest epoch ranks above its earlier
+    ones (`checkpointing.rank`), to be written with its next checkpoint: so a run tests its
+    best epoch however seldom it saves, and a resume, which replays the epochs since its
+    last checkpoint exactly, finds that epoch again."""
     for i, member in enumerate(self.members):
-      meta = {'history': member.history, 'correct': member.correct,
-              'partial': sums and {k: float(v[i]) for k, v in sums.items()}}
-      checkpointing.save(member.manager, self.step, self.member_state(i), meta,
-                         metrics=metrics[i] if metrics else None)
+      record = member.history[-1]
+      if all(checkpointing.rank(record) > checkpointing.rank(r) for r in member.history[:-1]):
+        member.pending = (self.step, jax.device_get(self.member_state(i)), self._meta(member),
+                          checkpointing.metrics_of(record))
+
+  def unsaved(self) -> list[int]:
+    """The members whose latest step, or best epoch, is not yet in a checkpoint."""
+    return [i for i, m in enumerate(self.members) if m.saved_step < self.step or m.pending]
 
   def drop(self, keep: Sequence[int]) -> None:
     """Leaves only the members `keep` in the stack (their states and values); the others'
-    checkpoints are finished and closed."""
-    for i, member in enumerate(self.members):
-      if i not in keep:
-        checkpointing.wait(member.manager)
-        member.manager.close()
+    checkpoints are written, finished and closed."""
+    gone = [i for i in range(len(self.members)) if i not in keep]
+    self.save([i for i in self.unsaved() if i in gone])
+    for i in gone:
+      checkpointing.wait(self.members[i].manager)
+      self.members[i].manager.close()
     self.members = [self.members[i] for i in keep]
     index = keep[0] if len(keep) == 1 else np.asarray(keep)  # one member alone is not a stack
     self.steps = self.restack(len(keep))
@@ -202,6 +228,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, members: Sequence[Mem
     trees = [tree for tree, _ in restored]
     run.state = jax.device_put(_stack(trees), steps.state_sharding) if stacked else trees[0]
     run.step = int(np.max(jax.device_get(run.state['step'])))
+    for member in members:
+      member.saved_step = run.step
     logging.info('%s: resumed from step %d (after epoch %d).', members[0].folder, run.step, run.epoch)
   per_model = sum(x.size for x in jax.tree.leaves(run.member_state(0)['params']))
   logging.info('%s: %d parameters per model, %d member(s); %d train / %d validation examples, %s; %d step(s) '
@@ -253,6 +281,7 @@ def fit(run: Run, actions: Sequence[actions_lib.Action], until_epoch: int | None
       records = end_epoch(run, train_epoch(run, actions))
       for action in actions:
         action.after_epoch(run, records)
+    run.save(run.unsaved())
     for member in run.members:
       checkpointing.wait(member.manager)
   except actions_lib.Preempted:

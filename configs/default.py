@@ -49,6 +49,7 @@ def experiment() -> ml_collections.ConfigDict:
 
   c.log_every_steps = 20
   c.keep_checkpoints = 2  # the latest N are kept, and the best by validation accuracy
+  c.checkpoint_seconds = 30.0  # a checkpoint at the first epoch end this long after the last (0: every epoch)
   # How fast, not what: not part of a workdir's identity. Only `kernels` changes results: the CPU
   # kernels draw each example's dropout from a key of its own, Flax's layers one draw per batch.
   c.speed = ml_collections.ConfigDict(dict(

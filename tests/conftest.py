@@ -67,6 +67,7 @@ def tiny_config(**overrides):
   config.learning_rate = 1e-2
   config.batch_size = 8
   config.log_every_steps = 100
+  config.checkpoint_seconds = 0.0  # every epoch: the kill tests wait for checkpoints mid-run
   return override(config, **overrides)
 
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # each test starts main.py or trains for seconds
 # The tiny run of conftest.tiny_config, as main.py flags.
 TINY = ['--config=configs/default.py:runlocal', f'--config.dataset.synthetic_pairs={TINY_PAIRS}',
         '--config.model.filters_1=8', '--config.model.filters_2=4', '--config.learning_rate=0.01',
-        '--config.batch_size=8', '--config.log_every_steps=1']
+        '--config.batch_size=8', '--config.log_every_steps=1', '--config.checkpoint_seconds=0']
 
 
 def main_cmd(workdir, *flags, base=TINY):

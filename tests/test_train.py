@@ -179,3 +179,17 @@ def test_main_trains_with_overrides_then_evaluates(tmp_path):
   assert json.loads((workdir / 'evaluations' / 'own-test.json').read_text())['accuracy'] == results['test_accuracy']
   r = _main(*common, '--mode=predict', '--images=x.jpg')  # filters_1 differs: another run
   assert r.returncode != 0 and 'model: workdir has' in r.stderr
+
+
+def test_seldom_checkpoints_still_test_the_best_epoch(trained, tmp_path):
+  """With checkpoints only as the run ends (an interval longer than the run), the best epoch,
+  held on the host meanwhile, is written beside the last and tested: the results equal those
+  of the run that saved every epoch."""
+  config, _, every_epoch = trained
+  results = train.train_and_evaluate(tiny_config(num_epochs=5, checkpoint_seconds=1e9), str(tmp_path))
+  assert results['history'] == every_epoch['history']
+  for key in ('best_step', 'test_accuracy', 'test_loss'):
+    assert results[key] == every_epoch[key], key
+  saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
+  assert saved == sorted({every_epoch['best_step'], every_epoch['history'][-1]['step']})
+  assert every_epoch['best_step'] != every_epoch['history'][-1]['step']  # the premise: the best was held, not last

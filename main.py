@@ -3,6 +3,7 @@
   python main.py --config=configs/default.py --workdir=DIR [--config.learning_rate=1e-2]
   python main.py --workdir=DIR --mode=evaluate [--split=test|all] [--step=N] [--data=PATH]
   python main.py --workdir=DIR --mode=predict --images='photos/*.jpg'
+  python main.py --workdir=DIR --mode=export
 """
 import sys
 
@@ -14,9 +15,9 @@ from comicface import host  # sets XLA flags for CPUs before JAX starts
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
-flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict', 'export'], 'What to do.')
 flags.DEFINE_string('split', 'test', "--mode=evaluate: the split to evaluate, or 'all'.")
-flags.DEFINE_integer('step', None, '--mode=evaluate/predict: the checkpoint step (default: the tested one).')
+flags.DEFINE_integer('step', None, '--mode=evaluate/predict/export: the checkpoint step (default: the tested one).')
 flags.DEFINE_string('data', None, '--mode=evaluate: other data (a folder or zip in the v1/v2 layout).')
 flags.DEFINE_string('data_dir', None, '--mode=evaluate: where --data is built '
                     '(default: $TFDS_DATA_DIR/comicface_eval/NAME).')

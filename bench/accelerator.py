@@ -24,10 +24,12 @@ import tempfile
 import time
 
 from comicface import host  # XLA flags for CPUs, before JAX starts
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
 
 from bench.peak import dot_gflops
 from bench.train_throughput import config_for, random_block, rate, setup, trainer
@@ -37,11 +39,14 @@ from configs import cnn_grid, default, mlp
 
 
 def step_figures(config, n_steps: int, peak: float) -> dict[str, float]:
-  """Train images/s of `config`'s model alone, its compiled FLOPs per image and share of `peak`."""
+  """Train images/s of `config`'s model alone, its compiled FLOPs per image and share of `peak`
+  (the FLOPs of a call of one step: XLA's cost analysis counts a loop's body once)."""
   steps, state, hparams = setup(config)
   block = random_block(steps, config)
   images = steps.steps_per_call * config.batch_size
-  flops = steps.train.lower(state, hparams, block, steps.put_sums(1)).compile().cost_analysis()['flops'] / images
+  one_step = {k: v[:1] for k, v in block.items()}
+  flops = steps.train.lower(state, hparams, one_step, steps.put_sums(1)).compile().cost_analysis()['flops']
+  flops /= config.batch_size
   img_s = rate(trainer(steps, state, hparams, block), max(2, n_steps // steps.steps_per_call), images)
   return {'img_s': img_s, 'flops': flops, 'of_peak': flops * img_s / peak}
 
@@ -55,9 +60,9 @@ def predict_figures(config, batch: int, n_calls: int, peak: float) -> dict[str, 
   return {'img_s': img_s, 'flops': flops, 'of_peak': flops * img_s / peak}
 
 
-def grid_figures(n_steps: int) -> dict[str, float]:
+def grid_figures(n_steps: int, variant: str) -> dict[str, float]:
   """Trial-images/s of the CNN study's 16 trials as 4 stacks of 4 (one per filter shape)."""
-  trials = search_space.expand(cnn_grid.get_config())
+  trials = search_space.expand(cnn_grid.get_config(variant))
   seconds, images = 0.0, 0
   for group in search_space.groups(trials, 'stacked'):
     config = group[0].config
@@ -110,37 +115,42 @@ def main() -> None:
   p.add_argument('--quick', action='store_true', help='small sizes: runs anywhere in minutes')
   a = p.parse_args()
   q = a.quick
-  n_steps, pairs, epochs = (6, 120, 3) if q else (200, 2000, 4)
+  tfds.disable_progress_bar()
+  logging.set_verbosity(logging.WARNING)
+  n_steps, pairs, epochs = (2, 64, 3) if q else (200, 2000, 4)
+  variant = 'runlocal' if q else ''  # --quick: the configs' small forms (the CNN's filters 8 and 8)
+  cnn, mlp_config = default.get_config(variant), mlp.get_config(variant)
   device = jax.devices()[0]
   print(f'{jax.device_count()} x {device.device_kind} ({device.platform}), jax {jax.__version__}'
-        f'{" (--quick)" if q else ""}', flush=True)
-  peak = {d: dot_gflops(1024 if q else 8192, jnp.dtype(d)) * 1e9 for d in ('float32', 'bfloat16')}
+        f'{" (--quick: small models and sizes; figures not meant to be read)" if q else ""}', flush=True)
+  peak = {d: dot_gflops(512 if q else 8192, jnp.dtype(d)) * 1e9 for d in ('float32', 'bfloat16')}
   print(f'dense matmul peak: float32 {peak["float32"] / 1e12:.2f} TFLOP/s, bfloat16 '
         f'{peak["bfloat16"] / 1e12:.2f} TFLOP/s', flush=True)
 
   print('\nsteps alone (data on the device)', flush=True)
-  rows = {'CNN train, batch 32': step_figures(config_for('cnn', 32, 'float32', 'adam'), n_steps, peak['float32']),
-          'CNN train, batch 256': step_figures(config_for('cnn', 256, 'float32', 'adam'), n_steps // 2 or 1,
-                                               peak['float32']),
-          'MLP train, batch 64': step_figures(config_for('mlp', 64, 'float32', 'adam'), 10 * n_steps,
+  rows = {'CNN train, batch 32': step_figures(config_for('cnn', 32, 'float32', 'adam', variant), n_steps,
                                               peak['float32']),
-          'CNN predict, batch 256': predict_figures(default.get_config(), 256, n_steps, peak['float32']),
-          'MLP predict, batch 256': predict_figures(mlp.get_config(), 256, 10 * n_steps, peak['float32'])}
+          'CNN train, batch 256': step_figures(config_for('cnn', 256, 'float32', 'adam', variant), n_steps // 2 or 1,
+                                               peak['float32']),
+          'MLP train, batch 64': step_figures(config_for('mlp', 64, 'float32', 'adam', variant), 10 * n_steps,
+                                              peak['float32']),
+          'CNN predict, batch 256': predict_figures(cnn, 256, n_steps, peak['float32']),
+          'MLP predict, batch 256': predict_figures(mlp_config, 256, 10 * n_steps, peak['float32'])}
   for name, r in rows.items():
     print(f'  {name:<24} {r["img_s"]:>12,.0f} img/s  {r["flops"] / 1e6:>8.2f} MFLOP/img  '
           f'{r["of_peak"]:>6.1%} of float32 peak', flush=True)
-  grid = grid_figures(n_steps)
+  grid = grid_figures(n_steps, variant)
   print(f'  {"CNN grid, 16 trials":<24} {grid["img_s"]:>12,.0f} trial-img/s (4 stacks of 4)', flush=True)
 
   print(f'\nwhole runs on a generated stand-in ({pairs} pairs), epochs 2-{epochs}', flush=True)
   root = pathlib.Path(tempfile.mkdtemp(prefix='accelerator_'))
   runs = {}
-  for name, config in (('CNN', default.get_config()), ('MLP', mlp.get_config())):
-    size = 128 if name == 'CNN' else 64
+  for name, config in (('CNN', cnn), ('MLP', mlp_config)):
+    size = 64 if q or name == 'MLP' else 128
     for feed in ('resident', 'stream'):
       c = stand_in(config, root, pairs, size, epochs, feed)
       runs[name, feed] = run_figures(c, root / f'{name}_{feed}')
-    step = rows[f'{name} train, batch {config.batch_size}']['img_s']
+    step = rows[f'{name} train, batch {32 if name == "CNN" else 64}']['img_s']
     resident, streamed = runs[name, 'resident']['img_s'], runs[name, 'stream']['img_s']
     print(f'  {name}: resident {resident:,.0f} img/s, streamed {streamed:,.0f} img/s ({resident / streamed:.2f}x); '
           f'the resident run at {resident / step:.2f}x of its step alone ({step:,.0f})', flush=True)

@@ -10,7 +10,7 @@ an earlier one, alternately (A B A B ...), and reads the epoch lines' timestamps
   `bench.train_throughput`'s rate of the step alone (same tree, same round); with
   --peers also the MLP study's PyTorch loop on the same images (bench/peers/torch_mlp.py --whole);
 - tiny: the same with `model.hidden=(8,)`, batch 32, one step per call: ms per step;
-- cnn: configs/default.py on the same stand-in, 3 epochs (2-3 read); with --peers also the CNN
+- cnn: configs/default.py on a 1,000-pair stand-in, 3 epochs (2-3 read); with --peers also the CNN
   study's Keras `model.fit` on the same images (bench/peers/keras_cnn.py --whole);
 - demo: configs/default.py as `make demo` runs it: the whole command's seconds.
 Prints the median of the rounds per tree and the ratios.
@@ -30,7 +30,7 @@ from bench.compare import PEERS, peer_python
 from bench.search_time import export
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PAIRS = 3000
+PAIRS = {'mlp': 3000, 'tiny': 3000, 'cnn': 1000}  # the stand-in's size per case (128 px)
 CASES = {  # the stand-in of mlp, tiny and cnn is given as --config.dataset.manual_dir
     'mlp': ['--config=configs/mlp.py', '--config.num_epochs=8'],
     'tiny': ['--config=configs/mlp.py', '--config.num_epochs=8', '--config.model.hidden=(8,)',
@@ -106,11 +106,11 @@ def main() -> None:
   p.add_argument('--peers', action='store_true', help="also the studies' own code (mlp: PyTorch, cnn: Keras)")
   a = p.parse_args()
   trees = {'project': ROOT, **({'baseline': a.baseline.resolve()} if a.baseline else {})}
-  data = pathlib.Path(tempfile.gettempdir()) / f'e2e_standin_{PAIRS}'
-  if not (data / 'source').exists():
-    from comicface import synthetic  # pylint: disable=g-import-not-at-top
-    synthetic.write_dataset(data / 'source', PAIRS, size=128)
   for case in a.cases.split(','):
+    data = pathlib.Path(tempfile.gettempdir()) / f'e2e_standin_{PAIRS.get(case, 0)}'
+    if case != 'demo' and not (data / 'source').exists():
+      from comicface import synthetic  # pylint: disable=g-import-not-at-top
+      synthetic.write_dataset(data / 'source', PAIRS[case], size=128)
     names = [*trees, *(['peer'] if a.peers and case in ('mlp', 'cnn') else [])]
     figures = {name: [] for name in names}
     for _ in range(a.rounds):

@@ -73,9 +73,10 @@ def measure(config, n_steps: int, predict_batch: int = 256) -> dict[str, float]:
           'predict_img_s': rate(lambda: steps.predict(state, images), max(3, n_steps // 4), predict_batch)}
 
 
-def config_for(model: str, batch: int, dtype: str, optimizer: str):
-  """The model's shipped config (with its speed settings), at this batch, dtype and optimizer."""
-  config = default.get_config() if model == 'cnn' else mlp.get_config()
+def config_for(model: str, batch: int, dtype: str, optimizer: str, variant: str = ''):
+  """The model's shipped config (with its speed settings; `variant` 'runlocal': its small
+  form), at this batch, dtype and optimizer."""
+  config = (default if model == 'cnn' else mlp).get_config(variant)
   config.batch_size, config.dtype, config.optimizer = batch, dtype, optimizer
   return config
 

@@ -14,6 +14,7 @@ from absl import logging
 from comicface import checkpointing
 from comicface import errors
 from comicface import logs
+from comicface import metrics
 from comicface import workdir as workdirs
 from comicface.steps import mean_records, Metrics, Record, summarize
 
@@ -116,7 +117,7 @@ def stops_early(rule: Any, history: Sequence[Record]) -> bool:
   """
   if not rule.monitor:
     return False
-  maximize = rule.mode == 'max' or (rule.mode == 'auto' and 'acc' in rule.monitor)
+  maximize = rule.mode == 'max' or (rule.mode == 'auto' and metrics.maximize(rule.monitor))
   best, wait = None, 0
   for epoch, record in enumerate(history):
     value = record[rule.monitor]

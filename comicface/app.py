@@ -39,7 +39,7 @@ def _initialize_distributed() -> None:
 def run(config: ml_collections.ConfigDict | None, workdir: str, mode: str = 'train', *,
         split: str = 'test', step: int | None = None, images: Sequence[str] = (),
         data: str | None = None, data_dir: str | None = None, verbose: bool = False) -> int:
-  """Runs `mode` ('train', 'evaluate' or 'predict'); returns the process exit code.
+  """Runs `mode` ('train', 'evaluate', 'predict' or 'export'); returns the process exit code.
 
   The project's own errors (errors.UserError) print their message alone and
   return 1; `verbose` (or COMICFACE_VERBOSE=1) lets them raise, with the traceback.
@@ -74,6 +74,11 @@ def _run(config, workdir, mode, *, split, step, images, data, data_dir) -> int:
     (search.run if config.grid else train.train_and_evaluate)(config, workdir)
     return 0
   model = inference.load(workdir, config, step)
+  if mode == 'export':
+    out = model.export()
+    logging.info('Exported checkpoint step %d%s to %s (model.jax for %s; model.json).', model.step,
+                 f' of trial {model.trial}' if model.trial else '', out, ', '.join(inference.EXPORT_PLATFORMS))
+    return 0
   if mode == 'evaluate':
     r = model.evaluate(data, split, data_dir)
     lo, hi = r['accuracy_95ci']

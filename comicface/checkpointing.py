@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import pathlib
@@ -16,17 +17,20 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from comicface import errors
+from comicface import metrics
 
 
 class CheckpointError(errors.UserError, RuntimeError):
   """A checkpoint could not be written (disk full, permissions...)."""
 
 
-def rank(record: dict[str, float]) -> tuple[float, float, float]:
-  """The order of epochs (and checkpoints, and trials), higher first: higher validation
-  accuracy, then lower validation loss, then an earlier epoch; a NaN ranks last."""
+def rank(record: dict[str, float], by: str = 'val_accuracy') -> tuple[float, float, float]:
+  """The order of epochs (and checkpoints, and trials), higher first: the better `by`
+  (config.best_by: higher, or lower for a loss), then lower validation loss, then an
+  earlier epoch; a NaN ranks last."""
   finite = lambda v: v if math.isfinite(v) else -math.inf
-  return (finite(record['val_accuracy']), finite(-record['val_loss']), -record['epoch'])
+  sign = 1.0 if metrics.maximize(by) else -1.0
+  return (finite(sign * record[by]), finite(-record['val_loss']), -record['epoch'])
 
 
 def metrics_of(record: dict[str, Any]) -> dict[str, float]:
@@ -34,16 +38,18 @@ def metrics_of(record: dict[str, Any]) -> dict[str, float]:
   return {k: v for k, v in record.items() if isinstance(v, (int, float))}
 
 
-def manager(workdir: str, keep_latest: int) -> ocp.CheckpointManager:
-  """A manager in `workdir/checkpoints` saving `state` (arrays) and `meta` (JSON).
+def manager(workdir: str, keep_latest: int, best_by: str = 'val_accuracy') -> ocp.CheckpointManager:
+  """A manager in `workdir/checkpoints` saving `state` (arrays) and `meta` (JSON), keeping
+  the latest `keep_latest` and the best by `rank` (`best_by`).
 
   Half-written checkpoints (`N.orbax-checkpoint-tmp`, left by a kill) are ignored.
   """
+  by = functools.partial(rank, by=best_by)
   options = ocp.CheckpointManagerOptions(
-      best_fn=rank, best_mode='max',
+      best_fn=by, best_mode='max',
       preservation_policy=policies.AnyPreservationPolicy([
           policies.LatestN(keep_latest),
-          policies.BestN(get_metric_fn=rank, n=1, keep_checkpoints_without_metrics=False),
+          policies.BestN(get_metric_fn=by, n=1, keep_checkpoints_without_metrics=False),
       ]))
   return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints', options=options)
 

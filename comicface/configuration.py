@@ -8,11 +8,57 @@ import jax
 import ml_collections
 
 from comicface import errors
+from comicface import metrics
 from comicface import models
+from comicface import optimizers
 from comicface import splits
 
 
-SEARCHES = ('grid', 'random', 'halving', 'bayesian')  # search.PLANS holds each one's plan
+SEARCHES = ('grid', 'random', 'halving', 'bayesian')  # search/plans.py: PLANS holds each one's plan
+
+# What each config field is to a run; the rest of the code derives from this table which
+# fields make a workdir's identity (workdir.identity), compile the steps (steps.static_config),
+# may differ in a stack (steps.hyperparameters, search_space.stack_key) and make a budget.
+#   static    compiled into the steps, and part of what a workdir's checkpoints mean
+#   value     passed to the steps as a number: stacked trials may differ in it; part of the identity
+#   identity  part of what the checkpoints mean, neither compiled nor a value
+#   budget    how much: a finished run or search asked for more continues
+#   speed     compiled into the steps, but not part of the identity: how fast, not what
+#   free      none of these (logging, where things go)
+# 'model' is static but for the model's own VALUES (models.values), which are values.
+ROLES = {
+    'dataset.name': 'identity', 'dataset.manual_dir': 'identity', 'dataset.data_dir': 'free',
+    'dataset.max_bad_fraction': 'free', 'dataset.split_scheme': 'identity', 'dataset.synthetic_pairs': 'identity',
+    'dataset.synthetic_size': 'identity', 'dataset.synthetic_seed': 'identity',
+    'dataset.synthetic_difficulty': 'identity',
+    'model': 'static', 'dtype': 'static', 'batch_size': 'static', 'augment_hflip': 'static',
+    'optimizer': 'static', 'momentum': 'static', 'nesterov': 'static', 'grad_clip_norm': 'static',
+    'schedule': 'static', 'warmup_epochs': 'static', 'learning_rate': 'value', 'weight_decay': 'value',
+    'num_epochs': 'budget', 'train_splits': 'identity', 'test_checkpoint': 'free', 'best_by': 'identity',
+    'seed': 'identity', 'early_stopping': 'identity',
+    'grid': 'identity', 'search': 'identity', 'num_trials': 'budget', 'halving': 'identity',
+    'bayesian_batch': 'identity', 'seeds': 'identity', 'grid_parallel': 'free', 'shard': 'free',
+    'retrain_splits': 'budget',
+    'log_every_steps': 'free', 'keep_checkpoints': 'free', 'checkpoint_seconds': 'free', 'speed': 'speed',
+}
+IDENTITY_ROLES = ('static', 'value', 'identity')
+# What every run had before a field existed: a workdir recorded without the field had this.
+BEFORE_THE_FIELD = {'momentum': 0.0, 'nesterov': False, 'weight_decay': 0.0, 'grad_clip_norm': 0.0,
+                    'schedule': 'constant', 'warmup_epochs': 0.0, 'best_by': 'val_accuracy',
+                    'checkpoint_seconds': 0.0, 'speed.feed': 'auto'}
+
+
+def with_earlier_fields(recorded: dict) -> ml_collections.ConfigDict:
+  """A config recorded by an earlier release, with the fields it predates (BEFORE_THE_FIELD)."""
+  config = ml_collections.ConfigDict(recorded)
+  for dotted, value in BEFORE_THE_FIELD.items():
+    *parents, leaf = dotted.split('.')
+    node = config
+    for part in parents:
+      node = node[part]
+    if leaf not in node:
+      node[leaf] = value
+  return config
 
 
 def get(config: ml_collections.ConfigDict, dotted: str):
@@ -20,6 +66,31 @@ def get(config: ml_collections.ConfigDict, dotted: str):
   for part in dotted.split('.'):
     config = config[part]
   return config
+
+
+def fields(config: ml_collections.ConfigDict, *roles: str) -> list[str]:
+  """The fields of `config` (dotted) whose role is one of `roles`; the model's fields one by one."""
+  out = []
+  for name, role in ROLES.items():
+    if name != 'model':
+      out += [name] if role in roles else []
+      continue
+    values = models.values(config.model)
+    out += [f'model.{k}' for k in config.model if ('value' if k in values else role) in roles]
+  return out
+
+
+def subset(config: ml_collections.ConfigDict, dotted_fields: Sequence[str]) -> dict:
+  """The `dotted_fields` of `config` as a nested dict of plain values."""
+  out: dict = {}
+  for dotted in dotted_fields:
+    *parents, leaf = dotted.split('.')
+    node = out
+    for part in parents:
+      node = node.setdefault(part, {})
+    value = get(config, dotted)
+    node[leaf] = value.to_dict() if hasattr(value, 'to_dict') else value
+  return out
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -33,7 +104,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   models.validate(config.model)
   need(config.learning_rate > 0, 'learning_rate', '> 0')
   need(config.num_epochs >= 1, 'num_epochs', '>= 1')
-  one_of('optimizer', ('adam', 'sgd'))
+  one_of('optimizer', optimizers.NAMES)
+  need(0 <= config.momentum < 1 and (config.momentum == 0 or config.optimizer == 'sgd'), 'momentum',
+       "in [0, 1), and 0 unless config.optimizer='sgd'")
+  need(not config.nesterov or config.momentum > 0, 'nesterov', 'False unless config.momentum > 0')
+  need(config.weight_decay >= 0, 'weight_decay', '>= 0')
+  need(config.grad_clip_norm >= 0, 'grad_clip_norm', '>= 0 (0: off)')
+  one_of('schedule', optimizers.SCHEDULES)
+  need(0 <= config.warmup_epochs <= config.num_epochs, 'warmup_epochs', f'in [0, num_epochs={config.num_epochs}]')
+  need(metrics.known(config.best_by) and config.best_by.startswith('val_'), 'best_by',
+       f'a validation record: val_ and one of {sorted(metrics.METRICS)}')
   one_of('dtype', ('float32', 'bfloat16'))
   one_of('grid_parallel', ('auto', 'sequential', 'stacked', 'parallel'))
   shard = config.shard.split('/')
@@ -61,7 +141,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(1 <= config.halving.min_epochs <= config.num_epochs, 'halving.min_epochs', f'in [1, num_epochs={config.num_epochs}]')
   need(config.halving.brackets >= 1, 'halving.brackets', '>= 1')
   stopping = config.early_stopping
-  one_of('early_stopping.monitor', ('', 'val_loss', 'val_accuracy', 'train_loss', 'train_accuracy'))
+  need(stopping.monitor in ('', 'train_loss', 'train_accuracy') or (
+      stopping.monitor.startswith('val_') and metrics.known(stopping.monitor)), 'early_stopping.monitor',
+       f"'' (off), train_loss, train_accuracy, or val_ and one of {sorted(metrics.METRICS)}")
   one_of('early_stopping.mode', ('auto', 'min', 'max'))
   need(stopping.patience >= 0 and stopping.min_delta >= 0 and stopping.start_from_epoch >= 0,
        'early_stopping.patience', '>= 0, as min_delta and start_from_epoch')

@@ -26,6 +26,7 @@ from comicface import checkpointing
 from comicface import errors
 from comicface import imaging
 from comicface import input_pipeline
+from comicface import models
 from comicface import report
 from comicface import stats
 from comicface import steps as steps_lib
@@ -34,48 +35,53 @@ from comicface import workdir as workdirs
 from tfds_builder.comic_faces import comic_faces_dataset_builder as comic_faces
 
 ALL = 'all'  # --split=all: every example of the data
+EXPORT_PLATFORMS = ('cpu', 'cuda', 'tpu')
 
 
 class NoCheckpointError(errors.UserError, FileNotFoundError):
   """The workdir holds no checkpoint to restore."""
 
 
-def trained_run(workdir: str) -> tuple[str, ml_collections.ConfigDict, str | None]:
-  """(folder, config, winning trial or None) of the model that training in `workdir`
-  made: the workdir itself for a run; for a search, its tested winner (`final/`, or the
-  winner's own folder where it was tested as trained)."""
+def trained_run(workdir: str) -> tuple[str, ml_collections.ConfigDict, str | None, int | None]:
+  """(folder, config, winning trial or None, tested step or None) of the model that
+  training in `workdir` made, as its results.json says: the workdir itself for a run (an
+  unfinished one has no tested step yet); for a search, its tested winner (`final/`, or
+  the winner's own folder where it was tested as trained)."""
   config = workdirs.recorded_config(workdir)
+  path = pathlib.Path(workdir) / 'results.json'
+  results = json.loads(path.read_text()) if path.exists() else None
+  tested = results and results.get('tested_step', results.get('best_step'))  # best_step: an earlier release
   if not config.grid:
-    return workdir, config, None
-  results = pathlib.Path(workdir) / 'results.json'
-  if not results.exists():
+    return workdir, config, None, tested
+  if not results:
     raise NoCheckpointError(f'{workdir} holds a search that has not finished: rerun its training command '
                             '(the same, without --mode) to finish it.')
-  results = json.loads(results.read_text())
   folder = str(pathlib.Path(workdir) / results['model_folder'])
-  return folder, workdirs.recorded_config(folder), results['winner']
+  return folder, workdirs.recorded_config(folder), results['winner'], tested
 
 
 def load(workdir: str, config: ml_collections.ConfigDict | None = None, step: int | None = None) -> Model:
-  """The model trained in `workdir` (its best checkpoint, or `step`).
+  """The model trained in `workdir` (the checkpoint its results.json says it tested, or `step`).
 
   `config` (optional) must agree with the recorded one on what defines the
   checkpoints; the recorded config is what is used.
   """
   if config is not None:
     workdirs.check(config, workdir)
-  folder, run_config, trial = trained_run(workdir)
+  folder, run_config, trial, tested = trained_run(workdir)
   task = train.read_task(folder)
   steps = steps_lib.Steps(steps_lib.static_config(run_config), len(task.classes), task.image_shape,
                           steps_lib.make_mesh())
   state = steps.init(jax.random.PRNGKey(run_config.seed))
-  manager = checkpointing.manager(folder, run_config.keep_checkpoints)
+  manager = checkpointing.manager(folder, run_config.keep_checkpoints, run_config.best_by)
   try:
     available = manager.all_steps()
     if not available:
       raise NoCheckpointError(f'{folder} holds no checkpoint: train there first '
                               '(the same command without --mode).')
-    tested = manager.latest_step() if run_config.test_checkpoint == 'last' else manager.best_step()
+    if tested is None:  # an unfinished run: what it would test now
+      tested = manager.latest_step() if run_config.test_checkpoint == 'last' else manager.best_step()
+      logging.info('%s has not finished training: restoring its checkpoint step %d.', folder, tested)
     chosen = tested if step is None else step
     if chosen not in available:
       raise NoCheckpointError(f'{folder} has no checkpoint at step {chosen}; it has {sorted(available)}.')
@@ -143,11 +149,41 @@ class Model:
       for path in paths[start:start + self.config.batch_size]:
         yield (path, probs[path], None) if path in probs else (path, None, done[path])
 
+  def export(self) -> pathlib.Path:
+    """Writes the model to `WORKDIR/export/`, for use with JAX alone: `model.jax`, a
+    `jax.export` artifact lowered for CPU, CUDA and TPU (uint8 images [any batch, height,
+    width, channels] in, class probabilities [batch, classes] out; Flax's own layers, the
+    parameters inside), and `model.json`: the classes, the image size and mode, and how
+    images are decoded and resized (`imaging.load_image`). Returns the folder."""
+    model = models.create(self.config.model.to_dict(), len(self.classes), self.config.dtype)
+    state = jax.device_get(self.state)
+    probabilities = lambda images: jax.nn.softmax(steps_lib.apply_model(model, state, images)[0])
+    batch, = jax.export.symbolic_shape('batch')
+    exported = jax.export.export(jax.jit(probabilities), platforms=EXPORT_PLATFORMS)(
+        jax.ShapeDtypeStruct((batch, *self.task.image_shape), np.uint8))
+    out = pathlib.Path(self.workdir) / 'export'
+    if jax.process_index() == 0:
+      out.mkdir(exist_ok=True)
+      (out / 'model.jax').write_bytes(exported.serialize())
+      size = self.task.image_shape[0]
+      workdirs.write_json(out / 'model.json', {
+          'call': "jax.export.deserialize(open('model.jax', 'rb').read()).call(images)",
+          'input': {'shape': ['batch', *self.task.image_shape], 'dtype': 'uint8'},
+          'output': {'shape': ['batch', len(self.classes)], 'dtype': 'float32', 'columns': list(self.classes)},
+          'classes': list(self.classes), 'image_size': size, 'image_mode': self.task.image_mode,
+          'preprocessing': (f'EXIF orientation applied; converted to {self.task.image_mode} (transparency on '
+                            f'white); the centred square crop; resized to {size}x{size} with Lanczos (PIL '
+                            'Image.Resampling.LANCZOS); uint8. The model scales the pixels itself.'),
+          'platforms': list(EXPORT_PLATFORMS), 'jax_version': jax.__version__, 'workdir': self.workdir,
+          'trial': self.trial, 'step': self.step})
+    return out
+
   def evaluate(self, data: str | None = None, split: str = 'test', data_dir: str | None = None) -> dict[str, Any]:
-    """Accuracy, loss, 95% interval, errors and confusion matrix on `split` ('all': every
-    example) of the run's own data, or of `data` (a folder or zip in the dataset's v1 or v2
-    layout, built by the same builder into a data dir of its own). Writes
-    `evaluations/<data>-<split>.json` in the workdir, and changes nothing else there."""
+    """Every metric (metrics.py; accuracy and loss also on their own), the accuracy's 95%
+    interval, errors and confusion matrix on `split` ('all': every example) of the run's
+    own data, or of `data` (a folder or zip in the dataset's v1 or v2 layout, built by the
+    same builder into a data dir of its own). Writes `evaluations/<data>-<split>.json` in
+    the workdir, and changes nothing else there."""
     config, name = ml_collections.ConfigDict(self.config.to_dict()), 'own'
     if data:
       source = comic_faces.find_root(pathlib.Path(data).expanduser())
@@ -158,12 +194,13 @@ class Model:
     builder = input_pipeline.prepare(config, self.folder)
     splits = ['train', 'validation', 'test'] if split == ALL else split
     feed, = train.open_feeds(config, builder, self.steps, splits)
-    (metrics,), probs = train.evaluate_split(self.steps, self.state, feed, self.classes, 'eval')
-    matrix = report.confusion(feed.split.labels(), probs.argmax(-1), len(self.classes))
+    (record,), probs = train.evaluate_split(self.steps, self.state, feed, self.classes, 'eval')
+    matrix = report.confusion(feed.labels, probs.argmax(-1), len(self.classes))
     n, wrong = int(matrix.sum()), int(matrix.sum() - np.trace(matrix))
     results = {'data': data or 'own', 'data_dir': str(builder.data_dir), 'split': split, 'step': self.step,
-               'trial': self.trial, 'num_examples': n, 'accuracy': metrics['eval_accuracy'],
-               'loss': metrics['eval_loss'], 'accuracy_95ci': list(stats.wilson_interval(n - wrong, n)),
+               'trial': self.trial, 'num_examples': n, 'accuracy': record['eval_accuracy'],
+               'loss': record['eval_loss'], 'accuracy_95ci': list(stats.wilson_interval(n - wrong, n)),
+               'metrics': {k[len('eval_'):]: v for k, v in record.items()},
                'errors': wrong, 'classes': list(self.classes), 'confusion': matrix.tolist()}
     if jax.process_index() == 0:
       out = pathlib.Path(self.workdir) / 'evaluations'

@@ -27,12 +27,21 @@ def metric(name: str, higher_is_better: bool = True) -> Callable[[Metric], Metri
   return register
 
 
-def maximize(record_name: str) -> bool:
-  """Whether a higher value is better for a record's name ('val_loss': no)."""
+def _metric(record_name: str) -> str | None:
+  """The registered metric a record's name ('val_class_accuracy_face') is of, or None."""
   split, _, name = record_name.partition('_')
   name = name if split in SPLITS else record_name
-  return next((up for metric_name, up in sorted(_HIGHER_IS_BETTER.items(), key=lambda kv: -len(kv[0]))
-               if name == metric_name or name.startswith(metric_name + '_')), True)
+  return next((m for m in sorted(METRICS, key=len, reverse=True) if name == m or name.startswith(m + '_')), None)
+
+
+def known(record_name: str) -> bool:
+  """Whether a record's name is of a registered metric."""
+  return _metric(record_name) is not None
+
+
+def maximize(record_name: str) -> bool:
+  """Whether a higher value is better for a record's name ('val_loss': no)."""
+  return _HIGHER_IS_BETTER.get(_metric(record_name), True)
 
 
 @metric('loss', higher_is_better=False)
@@ -67,6 +76,16 @@ def roc_auc(labels: np.ndarray, log_probs: np.ndarray, classes: Sequence[str]) -
   mean_rank = np.cumsum(counts) - (counts - 1) / 2  # 1-based; tied scores share their mean rank
   n1, n0 = positive.sum(), (~positive).sum()
   return float((mean_rank[inverse][positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def roc_curve(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(false positive rates, true positive rates) of the second class's probability as the
+  threshold falls through every distinct value, from (0, 0) to (1, 1)."""
+  order = np.argsort(-probs[:, 1], kind='stable')
+  score, positive = probs[order, 1], labels[order] == 1
+  last = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]  # the last example at each threshold
+  tp, fp = np.cumsum(positive)[last], np.cumsum(~positive)[last]
+  return (np.r_[0, fp] / max(1, (~positive).sum()), np.r_[0, tp] / max(1, positive.sum()))
 
 
 def compute(labels: np.ndarray, log_probs: np.ndarray, classes: Sequence[str], prefix: str) -> dict[str, float]:

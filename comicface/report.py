@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from comicface import checkpointing
+from comicface import metrics
 from comicface import stats
 
 def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -42,6 +43,19 @@ def _confusion_png(m: np.ndarray, classes: Sequence[str], path: pathlib.Path) ->
     ax.text(j, i, str(v), ha='center', va='center', color='black', fontsize=14)
   ax.set(xticks=range(k), yticks=range(k), xticklabels=classes, yticklabels=classes,
          xlabel='predicted', ylabel='true', title='test confusion')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _roc_png(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], auc: float, path: pathlib.Path) -> None:
+  fpr, tpr = metrics.roc_curve(labels, probs)
+  fig, ax = plt.subplots(figsize=(3.6, 3.4))
+  ax.plot(fpr, tpr, '-', lw=2, label=f'AUC {auc:.4f}')
+  ax.plot([0, 1], [0, 1], ':', color='grey')
+  ax.set(xlabel=f'false {classes[1]} rate', ylabel=f'true {classes[1]} rate', title='test ROC', xlim=(0, 1),
+         ylim=(0, 1.01))
+  ax.legend(loc='lower right')
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -85,9 +99,9 @@ def _grid_png(trials: Sequence[dict], axes_names: Sequence[str], path: pathlib.P
   plt.close(fig)
 
 
-def _trials_png(trials: Sequence[dict], path: pathlib.Path) -> None:
+def _trials_png(trials: Sequence[dict], best_by: str, path: pathlib.Path) -> None:
   """Validation accuracy of every trial, best first, with its spread over seeds."""
-  ranked = sorted(trials, key=lambda t: checkpointing.rank({**t, 'epoch': t['best_epoch']}), reverse=True)
+  ranked = sorted(trials, key=lambda t: checkpointing.rank({**t, 'epoch': t['best_epoch']}, best_by), reverse=True)
   fig, ax = plt.subplots(figsize=(7, 0.8 + 0.25 * len(ranked)))
   ax.barh(range(len(ranked)), [t['val_accuracy'] for t in ranked],
           xerr=[t['val_accuracy_std'] for t in ranked], color='tab:blue')
@@ -120,14 +134,15 @@ def _search_section(results: dict[str, Any], trials: Sequence[dict], axes_names:
               _table([{'bracket': r['bracket'], 'epochs': r['epochs'], 'trials': len(r['trials']),
                        'survivors': ', '.join(r['survivors'])} for r in results['rungs']],
                      ['bracket', 'epochs', 'trials', 'survivors']), '']
-  ranked = sorted(trials, key=lambda t: checkpointing.rank({**t, 'epoch': t['best_epoch']}), reverse=True)
+  ranked = sorted(trials, key=lambda t: checkpointing.rank({**t, 'epoch': t['best_epoch']}, config.get('best_by', 'val_accuracy')),
+                  reverse=True)
   columns = ['trial', *axes_names, 'best_epoch', 'val_accuracy', *(['val_accuracy_std'] if results['seeds'] > 1
                                                                   else []), 'val_loss', 'epochs_trained']
   if results['search'] == 'grid':
     _grid_png(trials, axes_names, out / 'grid.png')
     figure = '![grid](grid.png)'
   else:
-    _trials_png(trials, out / 'trials.png')
+    _trials_png(trials, config.get('best_by', 'val_accuracy'), out / 'trials.png')
     figure = '![trials](trials.png)'
   return lines + [_table(ranked, columns), '', figure, '']
 
@@ -140,8 +155,8 @@ def _table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 def write(workdir: str, results: dict[str, Any], split: Any, probs: np.ndarray, classes: Sequence[str],
           trials: Sequence[dict] = (), axes_names: Sequence[str] = ()) -> None:
-  """Writes report.md, curves.png, confusion.png, misclassified.png (and, for a search,
-  grid.png or trials.png).
+  """Writes report.md, curves.png, confusion.png, roc.png (two classes), misclassified.png
+  (and, for a search, grid.png or trials.png).
 
   `split` is the test split (an input_pipeline.Split), `probs` its [example, class]
   probabilities in its order, `classes` the class names; `trials` the grid's table,
@@ -158,17 +173,24 @@ def write(workdir: str, results: dict[str, Any], split: Any, probs: np.ndarray, 
                      [f'{r["filename"].decode()}\nP({classes[predicted[i]]})={probs[i, predicted[i]]:.3f}'
                       for r, i in zip(records, wrong)], out / 'misclassified.png')
   _confusion_png(m, classes, out / 'confusion.png')
+  figures = '![confusion](confusion.png)'
+  if len(classes) == 2:
+    _roc_png(labels, probs, classes, results['test_roc_auc'], out / 'roc.png')
+    figures += ' ![roc](roc.png)'
   _curves(results['history'], out / 'curves.png')
+  tested = {k[len('test_'):]: v for k, v in results.items() if k.startswith('test_') and isinstance(v, float)}
   lines = [f'# Report: {out.name}', '',
            f'**Test accuracy: {results["test_accuracy"]:.2%}** (95% CI {lo:.2%} to {hi:.2%}, Wilson), '
            f'{errors} errors out of {n} test images; test loss {results["test_loss"]:.4f}.', '',
-           f'Checkpoint tested: epoch {results["best_epoch"]} (validation accuracy '
-           f'{results["best_val_accuracy"]:.4f}, loss {results["best_val_loss"]:.4f}).', '']
+           f'Checkpoint tested: step {results["tested_step"]}, epoch {results["best_epoch"]} (validation accuracy '
+           f'{results["best_val_accuracy"]:.4f}, loss {results["best_val_loss"]:.4f}).', '',
+           '## Test metrics', '', _table([{'metric': k, 'value': v} for k, v in tested.items()], ['metric', 'value']),
+           '']
   if trials:
     lines += _search_section(results, trials, axes_names, out)
   lines += ['## Curves', '', _table(results['history'], list(results['history'][0])), '',
             '![curves](curves.png)', '', '## Test confusion (rows: true, columns: predicted)', '',
             _table([{'': classes[i], **{c: int(m[i, j]) for j, c in enumerate(classes)}}
-                    for i in range(len(classes))], ['', *classes]), '', '![confusion](confusion.png)', '',
+                    for i in range(len(classes))], ['', *classes]), '', figures, '',
             f'## Misclassified test images ({errors})', '', '![misclassified](misclassified.png)', '']
   (out / 'report.md').write_text('\n'.join(lines))

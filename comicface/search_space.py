@@ -21,7 +21,6 @@ import numpy as np
 
 from comicface import configuration
 from comicface import errors
-from comicface import models
 
 EPOCHS = 'num_epochs'
 
@@ -163,12 +162,16 @@ def draw(config: ml_collections.ConfigDict, index: int, stream: int = 0) -> Tria
 
 
 def stack_key(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
-  """`config` without its values: trials equal in it can train as one stack."""
+  """`config` without its values (`configuration.ROLES`), but whether it has weight decay
+  (compiled): trials equal in it can train as one stack."""
   c = config.to_dict()
-  c.pop('learning_rate')
-  for k in models.values(config.model):
-    c['model'].pop(k, None)
-  return ml_collections.FrozenConfigDict(c)
+  for dotted in configuration.fields(config, 'value'):
+    *parents, leaf = dotted.split('.')
+    node = c
+    for part in parents:
+      node = node[part]
+    node.pop(leaf)
+  return ml_collections.FrozenConfigDict({**c, 'weight_decay': config.weight_decay > 0})
 
 
 def groups(trials: list[Trial], mode: str) -> list[list[Trial]]:

@@ -24,7 +24,9 @@ import ml_collections
 import numpy as np
 import optax
 
+from comicface import configuration
 from comicface import models
+from comicface import optimizers
 
 State = dict[str, Any]
 HParams = dict[str, jax.Array]
@@ -42,25 +44,20 @@ def make_mesh(trials: int = 1, devices: list | None = None) -> jax.sharding.Mesh
                            axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
-def optimizer(name: str) -> optax.GradientTransformation:
-  """The update direction of 'adam' or 'sgd', without a learning rate: the rate is a
-  value beside the state (stacked trials differ in it), applied by `train_step`."""
-  return {'adam': optax.scale_by_adam, 'sgd': optax.identity}[name]()
-
-
 def hyperparameters(config: ml_collections.ConfigDict) -> dict[str, float]:
-  """The values of `config` that a stack of trials may differ in."""
-  return {'learning_rate': config.learning_rate,
-          **{k: config.model[k] for k in models.values(config.model) if k in config.model}}
+  """The values of `config` that a stack of trials may differ in (`configuration.ROLES`)."""
+  return {k.split('.')[-1]: configuration.get(config, k) for k in configuration.fields(config, 'value')}
 
 
 def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
-  """What `Steps` is built from: the model but its values, the optimizer, the dtype, the
-  augmentation, the batch size and the speed settings. Configs equal in it share compiled steps."""
-  model = {k: v for k, v in config.model.to_dict().items() if k not in models.values(config.model)}
-  return ml_collections.FrozenConfigDict(dict(model=model, dtype=config.dtype, optimizer=config.optimizer,
-                                              augment_hflip=config.augment_hflip, batch_size=config.batch_size,
-                                              speed=config.speed.to_dict()))
+  """What `Steps` is built from: the fields whose role is 'static' or 'speed'
+  (`configuration.ROLES`), `num_epochs` where a schedule decays over them, and whether
+  there is weight decay (its amount is a value). Configs equal in it share compiled steps."""
+  fields = configuration.fields(config, 'static', 'speed')
+  if (config.schedule, config.warmup_epochs) != ('constant', 0):
+    fields.append('num_epochs')
+  return ml_collections.FrozenConfigDict({**configuration.subset(config, fields),
+                                          'weight_decay': config.weight_decay > 0})
 
 
 def resolve_kernels(kernels: str, platform: str | None = None) -> str:
@@ -98,13 +95,13 @@ def merge_slices(y: jax.Array) -> jax.Array:
   return jnp.swapaxes(y, 0, 1).reshape(-1, *y.shape[2:])
 
 
-def init_state(rng: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation,
+def init_state(rng: jax.Array, *, model: nn.Module, opt: optimizers.Optimizer,
                image_shape: tuple[int, ...]) -> State:
   """A fresh state: parameters (and model state) from `rng`, and the dropout key."""
   params_rng, dropout_rng = jax.random.split(rng)
   variables = dict(model.init(params_rng, jnp.zeros((1, *image_shape), jnp.uint8)))
   params = variables.pop('params')
-  return {'params': params, 'opt_state': tx.init(params), 'model_state': variables,
+  return {'params': params, 'opt_state': opt.init(params), 'model_state': variables,
           'step': jnp.zeros((), jnp.int32), 'rng': dropout_rng}
 
 
@@ -162,12 +159,13 @@ def mean_records(histories: Sequence[Sequence[Record]]) -> list[Record]:
 
 
 def train_step(state: State, hparams: HParams, batch: dict[str, jax.Array], *,
-               model_fn: Callable[..., nn.Module], tx: optax.GradientTransformation,
+               model_fn: Callable[..., nn.Module], opt: optimizers.Optimizer,
                hflip: bool = False, slice_images: int | None = None) -> tuple[State, Metrics]:
   """One optimizer step on the mean cross-entropy; returns sums for the metrics.
 
-  `model_fn(**values)` builds the model with the trial's values (its dropout rate);
-  `hflip` mirrors a random half of the images left-right first (the MLP study's augmentation).
+  `model_fn(**values)` builds the model with the trial's values of its own (its dropout
+  rate); `hflip` mirrors a random half of the images left-right first (the MLP study's
+  augmentation).
   """
   rng = jax.random.fold_in(state['rng'], state['step'])
   images = batch['image']
@@ -175,7 +173,7 @@ def train_step(state: State, hparams: HParams, batch: dict[str, jax.Array], *,
     rng, flip_rng = jax.random.split(rng)
     flip = jax.random.bernoulli(flip_rng, 0.5, images.shape[:1])[:, None, None, None]
     images = jnp.where(flip, images[:, :, ::-1], images)
-  model = model_fn(**{k: v for k, v in hparams.items() if k != 'learning_rate'})
+  model = model_fn(**{k: v for k, v in hparams.items() if k not in optimizers.VALUES})
 
   def loss_fn(params):
     logits, model_state = apply_model(model, {**state, 'params': params}, images, train=True, rng=rng,
@@ -184,8 +182,9 @@ def train_step(state: State, hparams: HParams, batch: dict[str, jax.Array], *,
     return losses.mean(), (logits, model_state)
 
   (_, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
-  direction, opt_state = tx.update(grads, state['opt_state'], state['params'])
-  params = optax.apply_updates(state['params'], jax.tree.map(lambda d: -hparams['learning_rate'] * d, direction))
+  updates, opt_state = opt.update(grads, state['opt_state'], state['params'], state['step'],
+                                  hparams['learning_rate'], hparams['weight_decay'])
+  params = optax.apply_updates(state['params'], updates)
   new = {**state, 'params': params, 'opt_state': opt_state, 'model_state': model_state,
          'step': state['step'] + 1}
   return new, train_sums(logits, batch['label'])
@@ -248,12 +247,13 @@ class Steps:
   """
 
   def __init__(self, config: ml_collections.FrozenConfigDict, num_classes: int, image_shape: tuple[int, ...],
-               mesh: jax.sharding.Mesh, stacked: bool = False, platform: str | None = None):
+               mesh: jax.sharding.Mesh, stacked: bool = False, platform: str | None = None,
+               steps_per_epoch: int = 0):
     platform = platform or jax.default_backend()
     kernels = resolve_kernels(config.speed.kernels, platform)
     make = functools.partial(models.create, config.model.to_dict(), num_classes, config.dtype, kernels)
     cost = models.cost(config.model.to_dict(), num_classes, image_shape, config.dtype)
-    tx = optimizer(config.optimizer)
+    opt = optimizers.Optimizer.of(config, steps_per_epoch)
     self.stacked = stacked
     self.steps_per_call = resolve_steps_per_call(config.speed.steps_per_call, cost, config.batch_size, platform)
     self.eval_batch = config.batch_size * self.steps_per_call  # an evaluation call takes what a train call does
@@ -262,8 +262,8 @@ class Steps:
     self.replicated = NamedSharding(mesh, P())
     self.state_sharding = NamedSharding(mesh, P('trial')) if stacked else self.replicated
     slice_images = config.speed.cpu_slice_images * mesh.shape['data'] if kernels == 'cpu' else None
-    init = functools.partial(init_state, model=make(), tx=tx, image_shape=tuple(image_shape))
-    train = functools.partial(train_block, model_fn=functools.partial(make, 'train'), tx=tx,
+    init = functools.partial(init_state, model=make(), opt=opt, image_shape=tuple(image_shape))
+    train = functools.partial(train_block, model_fn=functools.partial(make, 'train'), opt=opt,
                               hflip=config.augment_hflip, slice_images=slice_images)
     evaluate = functools.partial(eval_step, model=make('predict'))
     if stacked:

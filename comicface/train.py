@@ -11,6 +11,7 @@ block of steps and each epoch; `train_and_evaluate` is one whole run in a workdi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 from typing import Any, Callable, Sequence
@@ -34,6 +35,7 @@ from comicface import steps as steps_lib
 from comicface import workdir as workdirs
 
 Record = steps_lib.Record
+StepsFactory = Callable[[int, int], steps_lib.Steps]  # (members, steps per epoch) -> their Steps
 TASK_FILE = 'task.json'
 
 
@@ -106,7 +108,7 @@ class Run:
   train: feeds.Feed
   validation: feeds.Feed
   members: list[Member]
-  restack: Callable[[int], steps_lib.Steps] | None = None  # the steps of a stack of n, for `drop`
+  make_steps: StepsFactory | None = None  # for `drop`
   step: int = 0  # the steps taken: counted here, so that the loop never asks the devices
 
   @property
@@ -159,7 +161,8 @@ class Run:
     last checkpoint exactly, finds that epoch again."""
     for i, member in enumerate(self.members):
       record = member.history[-1]
-      if all(checkpointing.rank(record) > checkpointing.rank(r) for r in member.history[:-1]):
+      rank = functools.partial(checkpointing.rank, by=member.config.best_by)
+      if all(rank(record) > rank(r) for r in member.history[:-1]):
         member.pending = (self.step, jax.device_get(self.member_state(i)), self._meta(member),
                           checkpointing.metrics_of(record))
 
@@ -177,7 +180,7 @@ class Run:
       self.members[i].manager.close()
     self.members = [self.members[i] for i in keep]
     index = keep[0] if len(keep) == 1 else np.asarray(keep)  # one member alone is not a stack
-    self.steps = self.restack(len(keep))
+    self.steps = self.make_steps(len(keep), self.steps_per_epoch)
     state, hparams = (jax.tree.map(lambda x: x[index], t) for t in (self.state, self.hparams))
     self.state = jax.device_put(state, self.steps.state_sharding)
     self.hparams = jax.device_put(hparams, self.steps.state_sharding)
@@ -191,21 +194,30 @@ def _stack(trees: Sequence[Any]) -> Any:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
+def own_steps(config: ml_collections.ConfigDict, task: input_pipeline.Task) -> StepsFactory:
+  """Steps of `config` for a stack of n members on all devices."""
+  return lambda n, per_epoch: steps_lib.Steps(steps_lib.static_config(config), len(task.classes), task.image_shape,
+                                              steps_lib.make_mesh(n), n > 1, steps_per_epoch=per_epoch)
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str, members: Sequence[Member] = (),
-          steps: steps_lib.Steps | None = None,
-          restack: Callable[[int], steps_lib.Steps] | None = None) -> Run:
-  """Builds the data, the steps (unless given: runs of one static config share them) and
-  the state of a run in `workdir` (the data and the task are kept there), each member
-  resumed from its own latest checkpoint where it has one. Without `members`, the run is
-  one model whose folder is the workdir; with several, they train as one stack and must
-  differ only in values (`steps.hyperparameters`) and be at the same step."""
+          make_steps: StepsFactory | None = None) -> Run:
+  """Builds the data, the steps (by `make_steps`, given where runs of one static config
+  share them; else `own_steps`) and the state of a run in `workdir` (the data and the
+  task are kept there), each member resumed from its own latest checkpoint where it has
+  one. Without `members`, the run is one model whose folder is the workdir; with several,
+  they train as one stack and must differ only in values (`steps.hyperparameters`) and
+  be at the same step."""
   builder = input_pipeline.prepare(config, workdir)
   task = input_pipeline.Task.of(builder)
   members = list(members) or [Member('', workdir, config)]
   stacked = len(members) > 1
-  if steps is None:
-    steps = steps_lib.Steps(steps_lib.static_config(config), len(task.classes), task.image_shape,
-                            steps_lib.make_mesh(len(members)), stacked=stacked)
+  make_steps = make_steps or own_steps(config, task)
+  train_split = input_pipeline.open_split(builder, config.train_splits, config.batch_size, config.dataset.split_scheme)
+  if train_split.num_examples < config.batch_size:
+    raise errors.ConfigError(f'config.batch_size={config.batch_size} is larger than the training set '
+                             f'({train_split.num_examples} examples): lower it.')
+  steps = make_steps(len(members), train_split.num_examples // config.batch_size)
   for member in members:
     write_task(member.folder, task)
   keys = [m.init_key for m in members]
@@ -213,12 +225,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str, members: Sequence[Mem
   hparams = steps.put_hparams([steps_lib.hyperparameters(m.config) for m in members])
   train, = open_feeds(config, builder, steps, config.train_splits, evaluation=False)
   validation, = open_feeds(config, builder, steps, 'validation')
-  if train.split.num_examples < config.batch_size:
-    raise errors.ConfigError(f'config.batch_size={config.batch_size} is larger than the training set '
-                             f'({train.split.num_examples} examples): lower it.')
-  run = Run(config, builder, steps, state, hparams, train, validation, members, restack)
+  run = Run(config, builder, steps, state, hparams, train, validation, members, make_steps)
   for member in members:
-    member.manager = checkpointing.manager(member.folder, member.config.keep_checkpoints)
+    member.manager = checkpointing.manager(member.folder, member.config.keep_checkpoints, member.config.best_by)
   restored = checkpointing.restore_latest([m.manager for m in members],
                                           [run.member_state(i) for i in range(len(members))])
   if restored:
@@ -302,7 +311,7 @@ def test(run: Run, step: int) -> tuple[Record, input_pipeline.Split, np.ndarray]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       steps: steps_lib.Steps | None = None) -> dict[str, Any] | None:
+                       make_steps: StepsFactory | None = None) -> dict[str, Any] | None:
   """Trains `config` in `workdir` (resuming what is there), then tests the best
   (or, with `config.test_checkpoint='last'`, the last) checkpoint.
 
@@ -310,16 +319,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `config.num_epochs` is higher than it trained: then it continues from its last
   checkpoint (as a resume), and the best is selected and tested anew. A run stopped
   early (config.early_stopping) is finished where it stopped.
-  Returns None if preempted (a checkpoint was saved; rerun to resume). `steps`: see `setup`.
+  Returns None if preempted (a checkpoint was saved; rerun to resume). `make_steps`: see `setup`.
   """
   workdirs.check(config, workdir)
   with workdirs.Hold(workdir, wait=workdirs.TAKEOVER_SECONDS), actions_lib.handle_sigterm():
     workdirs.claim(config, workdir)
-    return _train_and_evaluate(config, workdir, steps)
+    return _train_and_evaluate(config, workdir, make_steps)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        steps: steps_lib.Steps | None) -> dict[str, Any] | None:
+                        make_steps: StepsFactory | None) -> dict[str, Any] | None:
   results_path = pathlib.Path(workdir) / 'results.json'
   if results_path.exists():
     results = json.loads(results_path.read_text())
@@ -330,7 +339,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                    else '', config.num_epochs, results['test_accuracy'])
       return results
     logging.info('%s is finished at %d epochs; extending it to %d.', workdir, trained, config.num_epochs)
-  run = setup(config, workdir, steps=steps)
+  run = setup(config, workdir, make_steps=make_steps)
   try:
     if not fit(run, actions_lib.standard(run)):
       logging.warning('Preempted: checkpoint saved; rerun the same command to resume.')
@@ -342,7 +351,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     run.close()
   member = run.members[0]
   chosen = next(r for r in member.history if r['step'] == step)
-  results = {**test_record, 'best_epoch': chosen['epoch'], 'best_step': step,
+  results = {**test_record, 'tested_step': step, 'best_epoch': chosen['epoch'], 'best_step': step,
              'best_val_accuracy': chosen['val_accuracy'], 'best_val_loss': chosen['val_loss'],
              'stopped_early': member.stopped, 'history': member.history, 'config': config.to_dict()}
   if jax.process_index() == 0:

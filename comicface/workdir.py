@@ -20,12 +20,6 @@ import ml_collections
 from comicface import configuration
 from comicface import errors
 
-# Fields that change what a workdir's checkpoints mean; the rest (logging, the budget:
-# epochs and trials, checkpoints kept, speed) may change between runs of one workdir.
-IDENTITY = ('dataset.name', 'dataset.manual_dir', 'dataset.split_scheme', 'dataset.synthetic_pairs',
-            'dataset.synthetic_size', 'dataset.synthetic_seed', 'dataset.synthetic_difficulty', 'model', 'dtype',
-            'optimizer', 'augment_hflip', 'learning_rate', 'batch_size', 'train_splits', 'seed', 'grid',
-            'search', 'halving', 'bayesian_batch', 'seeds', 'early_stopping')
 HOLD_FILE = 'run.lock'
 # A holder touches its hold file this often; one not touched for STALE_BEATS of these, by the
 # file system's own clock, is dead. Raise it where the file system caches attributes longer.
@@ -51,8 +45,11 @@ class HoldLostError(errors.UserError, RuntimeError):
 
 
 def identity(config: ml_collections.ConfigDict) -> dict:
-  """The IDENTITY fields of `config`, as JSON values."""
-  values = {k: configuration.get(config, k) for k in IDENTITY}
+  """What a workdir's checkpoints mean: the fields of `config` whose role is static, a value
+  or identity (`configuration.ROLES`), as JSON values. The rest (logging, the budget: epochs
+  and trials, checkpoints kept, speed) may change between runs of one workdir."""
+  names = [k for k, role in configuration.ROLES.items() if role in configuration.IDENTITY_ROLES]
+  values = {k: configuration.get(config, k) for k in names}
   return json.loads(json.dumps({k: v.to_dict() if hasattr(v, 'to_dict') else v for k, v in values.items()}))
 
 
@@ -66,6 +63,7 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> bool:
   if not path.exists():
     return False
   mine, theirs = identity(config), json.loads(path.read_text())['identity']
+  theirs = {**configuration.BEFORE_THE_FIELD, **theirs}  # a workdir of an earlier release
   diff = {k: (theirs.get(k), mine[k]) for k in mine if theirs.get(k) != mine[k]}
   if diff:
     lines = '\n'.join(f'  {k}: workdir has {a!r}, config has {b!r}' for k, (a, b) in diff.items())
@@ -91,12 +89,13 @@ def claim(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def recorded_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config that the run in `workdir` was started with."""
+  """The config that the run in `workdir` was started with (with the fields an earlier
+  release did not have, as they were then)."""
   path = pathlib.Path(workdir) / 'config.json'
   if not path.exists():
     raise NoRunError(f'{workdir} holds no run (no config.json): train there first with '
                      '--mode=train, or check the --workdir path.')
-  return ml_collections.ConfigDict(json.loads(path.read_text())['config'])
+  return configuration.with_earlier_fields(json.loads(path.read_text())['config'])
 
 
 @contextlib.contextmanager

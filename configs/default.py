@@ -23,13 +23,20 @@ def experiment() -> ml_collections.ConfigDict:
   ))
   c.model = ml_collections.ConfigDict(dict(  # comicface/models/cnn.py
       name='cnn', filters_1=100, filters_2=50, dropout_rate=0.5, input_scaling='unit'))
-  c.optimizer = 'adam'  # 'adam' or 'sgd'
-  c.learning_rate = 1e-3
+  c.optimizer = 'adam'  # 'adam', 'adamw' or 'sgd' (comicface/optimizers.py)
+  c.learning_rate = 1e-3   # the peak, where a schedule warms up to it
+  c.momentum = 0.0         # sgd: momentum (0: none)
+  c.nesterov = False       # sgd with momentum: Nesterov's
+  c.weight_decay = 0.0     # adamw: decoupled; adam and sgd: L2 on the gradient
+  c.grad_clip_norm = 0.0   # clip the gradient to this global norm (0: off)
+  c.schedule = 'constant'  # 'constant', or 'cosine' / 'linear' decay to 0 at the last step
+  c.warmup_epochs = 0.0    # a linear warm-up from 0 over these epochs first
   c.batch_size = 32     # global, across all devices and processes
   c.num_epochs = 4
   c.augment_hflip = False  # mirror a random half of each training batch
   c.train_splits = ('train',)  # the splits trained on: ('train', 'validation') for both
-  c.test_checkpoint = 'best'   # tested at the end: 'best' by validation accuracy, or 'last'
+  c.test_checkpoint = 'best'   # tested at the end: 'best' (by best_by), or 'last'
+  c.best_by = 'val_accuracy'   # the best epoch (and trial): by this record, then lower val_loss, then fewer epochs
   c.seed = 0
   c.dtype = 'float32'  # computation dtype; parameters and optimizer state stay float32
   c.early_stopping = ml_collections.ConfigDict(dict(  # Keras' EarlyStopping, and its meanings

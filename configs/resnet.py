@@ -1,5 +1,6 @@
 """A small ResNet with batch normalisation (comicface/models/resnet.py), a model the
-studies did not have, on the CNN study's data: 128x128 grey, pixels / 255, Adam.
+studies did not have, on the CNN study's data (128x128 grey, pixels / 255), trained as a
+ResNet is: AdamW with decoupled weight decay, a linear warm-up, then cosine decay.
 
 This file and the model's are all that adding it took.
 """
@@ -13,6 +14,8 @@ def experiment():
   c = default.experiment()
   c.model = ml_collections.ConfigDict(dict(
       name='resnet', widths=(16, 32, 64), blocks_per_stage=1, input_scaling='unit'))
+  c.optimizer, c.learning_rate, c.weight_decay = 'adamw', 1e-3, 0.05
+  c.schedule, c.warmup_epochs = 'cosine', 1.0
   return c
 
 

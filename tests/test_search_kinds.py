@@ -12,7 +12,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from comicface import actions, configuration, errors, search, search_space, train
+import comicface
+from comicface import actions, checkpointing, configuration, errors, search, search_space, train
 from comicface.search import plans
 from configs import cnn_grid
 from conftest import ROOT, override, tiny_config
@@ -193,6 +194,22 @@ def test_seeds_train_in_one_stack_and_the_winner_meets_the_runner_up(tmp_path):
   assert ('cannot tell' in comparison['verdict']) == (comparison['p_value'] >= 0.05)
   assert comparison['verdict'] in (tmp_path / 'report.md').read_text()
   assert results['model_folder'] == f'trials/{results["winner"]}/seed_0'  # tested as trained
+
+
+@pytest.mark.slow
+def test_load_restores_the_step_a_seeded_search_tested(tmp_path):
+  """Tested as trained (no retrain), the winner's epoch is chosen on its seeds' mean: load
+  restores that step, which results.json names, not seed 0's own best."""
+  config = tiny_search('grid', seeds=2, num_epochs=5, retrain_splits=(), seed=1)
+  config.grid = ml_collections.ConfigDict({'learning_rate': (1e-2, 3e-3)})
+  results = search.run(config, str(tmp_path))
+  manager = checkpointing.manager(str(tmp_path / results['model_folder']), config.keep_checkpoints)
+  own_best = manager.best_step()
+  manager.close()
+  assert own_best != results['tested_step']  # the premise: seed 0 alone peaks at another epoch
+  model = comicface.load(str(tmp_path))
+  assert model.step == results['tested_step'] and model.trial == results['winner']
+  assert model.evaluate()['accuracy'] == results['test_accuracy']
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from comicface import imaging, inference, logs, synthetic, train
@@ -193,3 +194,32 @@ def test_seldom_checkpoints_still_test_the_best_epoch(trained, tmp_path):
   saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert saved == sorted({every_epoch['best_step'], every_epoch['history'][-1]['step']})
   assert every_epoch['best_step'] != every_epoch['history'][-1]['step']  # the premise: the best was held, not last
+
+
+def test_evaluate_gives_every_metric_of_the_training_runs_test(trained):
+  _, workdir, results = trained
+  evaluation = inference.load(workdir).evaluate()
+  tested = {k[len('test_'):]: v for k, v in results.items() if k.startswith('test_')}
+  assert set(tested) >= {'loss', 'accuracy', 'roc_auc', 'class_accuracy_comic', 'class_accuracy_face'}
+  assert evaluation['metrics'] == pytest.approx(tested, rel=1e-6)
+  assert evaluation['metrics']['accuracy'] == results['test_accuracy']
+
+
+def test_a_metric_added_in_one_function_reaches_the_results_and_the_report(tmp_path):
+  """A metric registered in metrics.py's way (here from the test) is in every record,
+  results.json, the report and evaluate's output, and early stopping may monitor it."""
+  from comicface import metrics  # pylint: disable=g-import-not-at-top
+
+  @metrics.metric('brier', higher_is_better=False)
+  def brier(labels, log_probs, classes):
+    probs = np.exp(log_probs)
+    return float(np.mean(np.sum((probs - np.eye(len(classes))[labels]) ** 2, -1)))
+  try:
+    config = tiny_config(num_epochs=2)
+    config.early_stopping.monitor = 'val_brier'  # 'auto' mode: lower is better, as registered
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert 0 <= results['test_brier'] <= 2 and all('val_brier' in h for h in results['history'])
+    assert 'brier' in (tmp_path / 'report.md').read_text()
+    assert inference.load(str(tmp_path)).evaluate()['metrics']['brier'] == pytest.approx(results['test_brier'])
+  finally:
+    del metrics.METRICS['brier']

@@ -94,7 +94,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | No
   logging.info('Search %s over %s, epochs %s, %s, %s.', config.search, list(search_space.axes(config)),
                search_space.epochs_to_read(config), search.mode, jobs.describe(shard))
   plans.PLANS[config.search](search)
-  name, record = select(search.histories(), search_space.epochs_to_read(config))
+  name, record = select(search.histories(), search_space.epochs_to_read(config), config.best_by)
   return _finish(search, config, search.trials[name], record)
 
 

@@ -48,7 +48,7 @@ def halving(search: Search) -> None:
       alive = [search_space.draw(c, 1000 * (bracket + 1) + i, stream=bracket + 1) for i in range(n)]
     for i, epochs in enumerate(rungs):
       search.train(alive, epochs, f'bracket {bracket} rung {i}')
-      ranked = sorted(alive, key=lambda t: checkpointing.rank(search.best(t, epochs)), reverse=True)
+      ranked = sorted(alive, key=lambda t: checkpointing.rank(search.best(t, epochs), c.best_by), reverse=True)
       keep = len(ranked) if i == len(rungs) - 1 else max(1, len(ranked) // h.factor)
       search.rungs.append({'bracket': bracket, 'epochs': epochs, 'trials': [t.name for t in ranked],
                            'survivors': [t.name for t in ranked[:keep]]})

@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 from comicface import checkpointing
+from comicface import configuration
 from comicface import input_pipeline
 from comicface import report
 from comicface import search_space
@@ -70,16 +71,18 @@ def final_model(search: Search, winner: Trial, record: dict) -> tuple[dict[str, 
       folder.rename(aside)
   logging.info('Winner %s at epoch %d (val accuracy %.4f); retraining on %s.', winner.name,
                record['epoch'], record['val_accuracy'], '+'.join(final.train_splits))
-  results = train.train_and_evaluate(final, str(folder), steps=search.shared.get(final, search.task, 1))
-  return results and ({**{k: results[k] for k in ('test_accuracy', 'test_loss', 'num_test_examples')},
-                       'tested_step': results['best_step']}, 'final')
+  results = train.train_and_evaluate(final, str(folder), search.shared.factory(final, search.task))
+  return results and ({k: v for k, v in results.items() if k.startswith(('test_', 'num_test_', 'tested_'))},
+                       'final')
 
 
 def budget(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """What a finished search is rerun for when it changes: raising the trials or epochs
-  continues the search; other retrain splits retrain the winner."""
-  return {'num_trials': config.num_trials, 'epochs': max(search_space.epochs_to_read(config)),
-          'retrain_splits': list(config.retrain_splits)}
+  """What a finished search is rerun for when it changes: its fields of role 'budget'
+  (`configuration.ROLES`), the epochs as the most a trial trains. Raising the trials or
+  epochs continues the search; other retrain splits retrain the winner."""
+  value = lambda f: max(search_space.epochs_to_read(config)) if f == 'num_epochs' else configuration.get(config, f)
+  return {('epochs' if f == 'num_epochs' else f): list(v) if isinstance(v, tuple) else v
+          for f in configuration.fields(config, 'budget') for v in [value(f)]}
 
 
 def write_results(search: Search, config: ml_collections.ConfigDict, winner: Trial, record: dict,
@@ -95,7 +98,8 @@ def write_results(search: Search, config: ml_collections.ConfigDict, winner: Tri
     table.append({'trial': name, **t.values, 'best_epoch': r['epoch'], 'val_accuracy': r['val_accuracy'],
                   'val_accuracy_std': float(np.std(accuracies)), 'val_loss': r['val_loss'],
                   'epochs_trained': len(histories[name]), 'stopped_early': trial_record['stopped']})
-  ranked = sorted(search.trials.values(), key=lambda t: checkpointing.rank(bests[t.name]), reverse=True)
+  ranked = sorted(search.trials.values(), key=lambda t: checkpointing.rank(bests[t.name], config.best_by),
+                  reverse=True)
   epochs_spent = sum(len(h) for h in histories.values())
   results = {**tested, 'search': config.search, 'chosen': winner.values, 'best_epoch': record['epoch'],
              'best_val_accuracy': record['val_accuracy'], 'best_val_loss': record['val_loss'],

@@ -27,13 +27,13 @@ from comicface.search import jobs
 Trial = search_space.Trial
 
 
-def select(histories: dict[str, list[dict]], epochs: list[int]) -> tuple[str, dict]:
-  """(trial name, record) of the best (trial, epoch) by `checkpointing.rank` over the allowed
-  epoch counts; where no trial has any of them (stopped early, or a rung below them), over
-  the epochs they have."""
+def select(histories: dict[str, list[dict]], epochs: list[int], by: str = 'val_accuracy') -> tuple[str, dict]:
+  """(trial name, record) of the best (trial, epoch) by `checkpointing.rank` (of `by`) over
+  the allowed epoch counts; where no trial has any of them (stopped early, or a rung below
+  them), over the epochs they have."""
   candidates = [(name, r) for name, h in histories.items() for r in h if r['epoch'] in epochs]
   candidates = candidates or [(name, r) for name, h in histories.items() for r in h]
-  return max(candidates, key=lambda c: checkpointing.rank(c[1]))  # the first of equals
+  return max(candidates, key=lambda c: checkpointing.rank(c[1], by))  # the first of equals
 
 
 def device_slots(groups: int, devices: list | None = None) -> list[list]:
@@ -54,13 +54,18 @@ class SharedSteps:
     self._lock = threading.Lock()
 
   def get(self, config: ml_collections.ConfigDict, task: input_pipeline.Task, members: int,
-          devices: list | None = None) -> steps_lib.Steps:
+          steps_per_epoch: int, devices: list | None = None) -> steps_lib.Steps:
     mesh = steps_lib.make_mesh(members, devices)
-    key = (steps_lib.static_config(config), task, mesh, members > 1)
+    key = (steps_lib.static_config(config), task, mesh, members > 1, steps_per_epoch)
     with self._lock:
       if key not in self._steps:
-        self._steps[key] = steps_lib.Steps(key[0], len(task.classes), task.image_shape, mesh, members > 1)
+        self._steps[key] = steps_lib.Steps(key[0], len(task.classes), task.image_shape, mesh, members > 1,
+                                           steps_per_epoch=steps_per_epoch)
       return self._steps[key]
+
+  def factory(self, config: ml_collections.ConfigDict, task: input_pipeline.Task,
+              devices: list | None = None) -> train.StepsFactory:
+    return lambda n, per_epoch: self.get(config, task, n, per_epoch, devices)
 
 
 @dataclasses.dataclass
@@ -91,12 +96,6 @@ class Search:
     path = self.folder(t) / 'trial.json'
     return json.loads(path.read_text()) if path.exists() else {'history': [], 'stopped': False}
 
-  def progress(self, t: Trial) -> int:
-    """The step the trial's members have checkpoints at (all of them), 0 if none."""
-    steps = [max((int(p.name) for p in pathlib.Path(m.folder, 'checkpoints').glob('*') if p.name.isdigit()),
-                 default=0) for m in self.members(t)]
-    return min(steps)
-
   def done(self, t: Trial, epochs: int) -> bool:
     record = self.record(t)
     return record['stopped'] or len(record['history']) >= epochs
@@ -124,15 +123,8 @@ class Search:
       pending = [g for g in pending if g]
       if not pending:
         return
-      if not self._train_groups([g for group in pending for g in self._by_progress(group)], epochs):
+      if not self._train_groups(pending, epochs):  # a group resumes from its members' common step
         waiter.pause(lambda: [f'{g[0].name} ({jobs.holder(str(self.folder(g[0])))})' for g in pending])
-
-  def _by_progress(self, group: list[Trial]) -> list[list[Trial]]:
-    """`group` split by the step its trials are at: a stack trains members at one step."""
-    by_start: dict[int, list[Trial]] = {}
-    for t in group:
-      by_start.setdefault(self.progress(t), []).append(t)
-    return [by_start[k] for k in sorted(by_start)]
 
   def _train_groups(self, groups: list[list[Trial]], epochs: int) -> bool:
     """Trains those of `groups` that no other job holds, one after another on all devices,
@@ -175,8 +167,8 @@ class Search:
         return True
       for member in members:
         workdirs.claim(member.config, member.folder)  # its folder restores on its own (inference.load)
-      restack = lambda n: self.shared.get(group[0].config, self.task, n, devices)
-      run = train.setup(group[0].config, str(self.root), members, restack(len(members)), restack)
+      run = train.setup(group[0].config, str(self.root), members, self.shared.factory(group[0].config, self.task,
+                                                                                      devices))
       try:
         finished = train.fit(run, actions.standard(run, stop_on_nonfinite=False), until_epoch=epochs)
       finally:
@@ -197,7 +189,7 @@ class Search:
               'members': [{'name': m.name, 'history': m.history, 'val_correct': m.correct} for m in members]}
     folder = self.folder(t)
     workdirs.write_json(folder / 'trial.json', record)
-    best = select({t.name: history}, search_space.epochs_to_read(self.config))[1]
+    best = select({t.name: history}, search_space.epochs_to_read(self.config), self.config.best_by)[1]
     writer = logs.Writer(str(folder), t.config)
     writer.hparams({k.split('.')[-1]: v for k, v in t.values.items()},
                    {'hparam/val_accuracy': best['val_accuracy'], 'hparam/best_epoch': best['epoch']})
@@ -214,4 +206,4 @@ class Search:
   def best(self, t: Trial, up_to: int | None = None) -> dict:
     """The trial's best record over the allowed epochs (up to `up_to`)."""
     history = [r for r in self.record(t)['history'] if up_to is None or r['epoch'] <= up_to]
-    return select({t.name: history}, search_space.epochs_to_read(self.config))[1]
+    return select({t.name: history}, search_space.epochs_to_read(self.config), self.config.best_by)[1]

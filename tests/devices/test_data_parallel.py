@@ -22,7 +22,7 @@ def test_a_run_on_all_devices_matches_one_device(tmp_path):
   many = train.train_and_evaluate(config, str(tmp_path / 'many'))
   single = tiny_config(num_epochs=2)
   one_device = make(single, devices=jax.devices()[:1])
-  one = train.train_and_evaluate(single, str(tmp_path / 'one'), steps=one_device)
+  one = train.train_and_evaluate(single, str(tmp_path / 'one'), lambda n, per_epoch: one_device)
   assert many['history'] and len(many['history']) == len(one['history']) == 2
   for a, b in zip(many['history'], one['history']):
     assert a == pytest.approx(b, rel=1e-4, abs=1e-5)

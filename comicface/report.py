@@ -134,15 +134,15 @@ def _search_section(results: dict[str, Any], trials: Sequence[dict], axes_names:
               _table([{'bracket': r['bracket'], 'epochs': r['epochs'], 'trials': len(r['trials']),
                        'survivors': ', '.join(r['survivors'])} for r in results['rungs']],
                      ['bracket', 'epochs', 'trials', 'survivors']), '']
-  ranked = sorted(trials, key=lambda t: checkpointing.rank({**t, 'epoch': t['best_epoch']}, config.get('best_by', 'val_accuracy')),
-                  reverse=True)
+  best_by = config.get('best_by', 'val_accuracy')  # an earlier release's results have none
+  ranked = sorted(trials, key=lambda t: checkpointing.rank({**t, 'epoch': t['best_epoch']}, best_by), reverse=True)
   columns = ['trial', *axes_names, 'best_epoch', 'val_accuracy', *(['val_accuracy_std'] if results['seeds'] > 1
                                                                   else []), 'val_loss', 'epochs_trained']
   if results['search'] == 'grid':
     _grid_png(trials, axes_names, out / 'grid.png')
     figure = '![grid](grid.png)'
   else:
-    _trials_png(trials, config.get('best_by', 'val_accuracy'), out / 'trials.png')
+    _trials_png(trials, best_by, out / 'trials.png')
     figure = '![trials](trials.png)'
   return lines + [_table(ranked, columns), '', figure, '']
 

@@ -149,9 +149,9 @@ class Run:
       if member.pending and member.pending[0] < self.step:  # at this step, the state is saved below
         checkpointing.save(member.manager, *member.pending)
       member.pending = None
-      metrics = checkpointing.metrics_of(member.history[-1]) if member.history and not sums else None
+      record = checkpointing.metrics_of(member.history[-1]) if member.history and not sums else None
       checkpointing.save(member.manager, self.step, self.member_state(i),
-                         self._meta(member, sums and {k: float(v[i]) for k, v in sums.items()}), metrics)
+                         self._meta(member, sums and {k: float(v[i]) for k, v in sums.items()}), record)
       member.saved_step = self.step
 
   def hold_best(self) -> None:

@@ -23,8 +23,8 @@ $(VENV)/.installed-$(ACCEL): requirements.txt requirements-dev.txt pyproject.tom
 demo: install
 	$(PY) main.py --config=configs/default.py --workdir=$(WORKDIR)
 
-test: install
-	$(PY) -m pytest -q
+test: install  # two workers: the tests wait on their main.py processes and on single-threaded compiles
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-fast: install  # a one-minute loop: the tests not marked slow
 	$(PY) -m pytest -q -m "not slow"

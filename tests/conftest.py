@@ -7,9 +7,11 @@ import tempfile
 # The suite runs on CPU devices (several, where a test forces them), also on a machine whose JAX sees
 # a GPU or TPU: the main.py processes it starts inherit this. bench/accelerator.py checks the device.
 os.environ['JAX_PLATFORMS'] = 'cpu'
-# One JAX compilation cache for the session and the main.py processes it starts (they inherit
-# the environment): the many tiny runs compile the same steps, once. Set before JAX starts.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='comicface_tests_jax_cache_'))
+# One JAX compilation cache for the session, its xdist workers and the main.py processes they start
+# (they inherit the environment): the many tiny runs compile the same steps, once. Set before JAX starts.
+_RUN = os.environ.get('PYTEST_XDIST_TESTRUNUID')  # the same in every worker of one `pytest -n N`
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(tempfile.gettempdir(), f'comicface_tests_jax_cache_{_RUN}')
+                      if _RUN else tempfile.mkdtemp(prefix='comicface_tests_jax_cache_'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 

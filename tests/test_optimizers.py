@@ -16,7 +16,7 @@ from comicface import configuration, optimizers, search, search_space, train
 from configs import default
 from conftest import ROOT, TINY_PAIRS, tiny_config
 from test_reliability import TINY, assert_same_params, final_params, main_cmd, run_main, wait_for
-from test_steps import make, random_batches, train_over
+from test_steps import make, random_batches, train_over, train_stacked
 
 
 def test_every_config_field_has_one_role():
@@ -82,18 +82,11 @@ def test_weight_decay_is_a_value_of_the_stack():
   """Two trials of one stack differing in weight decay (AdamW) end as each does alone, and apart."""
   configs = [tiny_config(optimizer='adamw', weight_decay=wd) for wd in (0.1, 0.5)]
   host = random_batches(configs[0], 2)
-  stack = make(configs[0], trials=2, stacked=True)
-  state = stack.init(np.stack([jax.random.PRNGKey(c.seed) for c in configs]))
-  from comicface import steps as steps_lib  # pylint: disable=g-import-not-at-top
-  hparams = stack.put_hparams([steps_lib.hyperparameters(c) for c in configs])
-  sums = stack.put_sums(2)
-  for i in range(2):
-    state, sums = stack.train(state, hparams, stack.device_put({k: v[i:i + 1] for k, v in host.items()}, block=True),
-                              sums)
+  state, _ = train_stacked(configs, host)
   alone = [train_over(make(c), c, host, (0, 1, 2))[0] for c in configs]
   for t in range(2):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                 jax.tree.map(lambda x: x[t], jax.device_get(state))['params'], alone[t]['params'])
+                 jax.tree.map(lambda x: x[t], state)['params'], alone[t]['params'])
   assert not np.allclose(jax.tree.leaves(alone[0]['params'])[0], jax.tree.leaves(alone[1]['params'])[0])
 
 

@@ -34,6 +34,18 @@ def train_over(steps, config, host, cuts, hparams=None):
   return jax.device_get(state), jax.device_get(sums)
 
 
+def train_stacked(configs, host):
+  """A stack of `configs` (one trial each) trained over `host` batches, a step a call."""
+  stack = make(configs[0], trials=len(configs), stacked=True)
+  state = stack.init(np.stack([jax.random.PRNGKey(c.seed) for c in configs]))
+  hparams = stack.put_hparams([steps_lib.hyperparameters(c) for c in configs])
+  sums = stack.put_sums(len(configs))
+  for i in range(len(host['label'])):
+    state, sums = stack.train(state, hparams, stack.device_put({k: v[i:i + 1] for k, v in host.items()}, block=True),
+                              sums)
+  return jax.device_get(state), jax.device_get(sums)
+
+
 def assert_close(a, b, rtol=1e-5, atol=1e-6):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
 
@@ -82,17 +94,11 @@ def test_a_stack_of_trials_trains_each_as_alone():
   configs = [tiny_config(learning_rate=lr, **{'model.dropout_rate': d})
              for lr, d in ((1e-2, 0.0), (3e-3, 0.5), (1e-3, 0.2))]
   host = random_batches(configs[0], 3)
-  stack = make(configs[0], trials=3, stacked=True)
-  state = stack.init(np.stack([jax.random.PRNGKey(c.seed) for c in configs]))
-  hparams = stack.put_hparams([steps_lib.hyperparameters(c) for c in configs])
-  sums = stack.put_sums(3)
-  for i in range(3):
-    state, sums = stack.train(state, hparams, stack.device_put({k: v[i:i + 1] for k, v in host.items()}, block=True),
-                              sums)
+  state, sums = train_stacked(configs, host)
   for t, c in enumerate(configs):
     alone, alone_sums = train_over(make(c), c, host, (0, 1, 2, 3))
-    assert_close(jax.tree.map(lambda x: x[t], jax.device_get(state)), alone, rtol=1e-4, atol=1e-5)
-    assert_close({k: v[t] for k, v in jax.device_get(sums).items()}, alone_sums, rtol=1e-4)
+    assert_close(jax.tree.map(lambda x: x[t], state), alone, rtol=1e-4, atol=1e-5)
+    assert_close({k: v[t] for k, v in sums.items()}, alone_sums, rtol=1e-4)
 
 
 def test_hflip_mirrors_images_and_nothing_else():

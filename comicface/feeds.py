@@ -15,6 +15,7 @@ either (bitwise, on CPUs). `config.speed.feed` chooses; 'auto' is `fits`.
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import os
 from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
@@ -140,7 +141,10 @@ class Streamed:
 
   def __init__(self, split: input_pipeline.Split):
     self.split = split
-    self.labels = split.labels()
+
+  @functools.cached_property
+  def labels(self) -> np.ndarray:
+    return self.split.labels()
 
   def train_calls(self, steps: steps_lib.Steps, seed: int, epoch: int, start: int) -> Iterator[tuple[int, TrainCall]]:
     blocks = input_pipeline.train_batches(self.split, seed, epoch, start, steps.steps_per_call)

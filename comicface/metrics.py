@@ -16,13 +16,16 @@ import numpy as np
 Metric = Callable[[np.ndarray, np.ndarray, Sequence[str]], 'float | dict[str, float]']
 METRICS: dict[str, Metric] = {}
 _HIGHER_IS_BETTER: dict[str, bool] = {}
+_KEYED: set[str] = set()  # metrics that return a dict: their records are named <split>_<metric>_<key>
 SPLITS = ('train', 'val', 'test', 'eval')  # the prefixes of the records' names
 
 
-def metric(name: str, higher_is_better: bool = True) -> Callable[[Metric], Metric]:
-  """Registers the decorated function as the metric `name`."""
+def metric(name: str, higher_is_better: bool = True, keyed: bool = False) -> Callable[[Metric], Metric]:
+  """Registers the decorated function as the metric `name` (`keyed`: it returns a dict)."""
   def register(fn: Metric) -> Metric:
     METRICS[name], _HIGHER_IS_BETTER[name] = fn, higher_is_better
+    if keyed:
+      _KEYED.add(name)
     return fn
   return register
 
@@ -31,7 +34,8 @@ def _metric(record_name: str) -> str | None:
   """The registered metric a record's name ('val_class_accuracy_face') is of, or None."""
   split, _, name = record_name.partition('_')
   name = name if split in SPLITS else record_name
-  return next((m for m in sorted(METRICS, key=len, reverse=True) if name == m or name.startswith(m + '_')), None)
+  return next((m for m in sorted(METRICS, key=len, reverse=True)
+               if (name.startswith(m + '_') if m in _KEYED else name == m)), None)
 
 
 def known(record_name: str) -> bool:
@@ -55,7 +59,7 @@ def accuracy(labels: np.ndarray, log_probs: np.ndarray, classes: Sequence[str]) 
   return float(np.mean(log_probs.argmax(-1) == labels))
 
 
-@metric('class_accuracy')
+@metric('class_accuracy', keyed=True)
 def class_accuracy(labels: np.ndarray, log_probs: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
   """The accuracy on each class's examples (its recall), by class name; NaN for an absent class."""
   right = log_probs.argmax(-1) == labels

@@ -136,13 +136,14 @@ def file_system_now(directory: pathlib.Path) -> float:
     probe.unlink(missing_ok=True)
 
 
-_LOST: list[str] = []  # why holds of this process failed to beat
+_HELD: set[Hold] = set()  # the holds this process holds now
 
 
 def raise_if_hold_lost() -> None:
-  """Raises HoldLostError if a hold of this process could not write its heartbeat."""
-  if _LOST:
-    raise HoldLostError(f'{_LOST[0]} This run stops, so that no other run trains in its place at the same '
+  """Raises HoldLostError if a hold this process holds could not write its heartbeat."""
+  lost = next((hold.lost for hold in list(_HELD) if hold.lost), None)
+  if lost:
+    raise HoldLostError(f'{lost} This run stops, so that no other run trains in its place at the same '
                         'time; its checkpoints are kept: rerun to resume.')
 
 
@@ -167,6 +168,7 @@ class Hold:
     self.wait = wait
     self._fd: int | None = None
     self._stop = threading.Event()
+    self.lost: str | None = None  # why its heartbeat could not be written
 
   def _holder(self) -> dict:
     try:
@@ -235,6 +237,7 @@ class Hold:
     os.ftruncate(self._fd, 0)
     os.pwrite(self._fd, json.dumps(me).encode(), 0)
     os.fsync(self._fd)
+    _HELD.add(self)
     threading.Thread(target=self._heartbeat, daemon=True).start()
     return self
 
@@ -248,14 +251,15 @@ class Hold:
         os.utime(self.path)
       except OSError as e:
         if not self._stop.is_set():
-          _LOST.append(f'The heartbeat of {self.path} could not be written ({e}).')
-          logging.error('%s', _LOST[-1])
+          self.lost = f'The heartbeat of {self.path} could not be written ({e}).'
+          logging.error('%s', self.lost)
         return
 
   def __exit__(self, *exc) -> None:
     if self._fd is None:
       return
     self._stop.set()
+    _HELD.discard(self)
     os.ftruncate(self._fd, 0)  # an empty file: released cleanly
     fcntl.flock(self._fd, fcntl.LOCK_UN)
     os.close(self._fd)

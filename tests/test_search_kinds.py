@@ -230,13 +230,16 @@ def test_raising_the_budget_continues_a_random_search(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec('optuna') is None, reason='needs the search extra (optuna)')
 def test_a_bayesian_search_of_two_batches_asks_the_same_again(tmp_path):
-  config = tiny_search('bayesian', num_trials=4, bayesian_batch=2, num_epochs=2)
+  """Ranked by ROC AUC (config.best_by), which the asking, the table and the report follow."""
+  config = tiny_search('bayesian', num_trials=4, bayesian_batch=2, num_epochs=2, best_by='val_roc_auc')
   config.grid = ml_collections.ConfigDict({'learning_rate': 'log_uniform(1e-3, 3e-2)',
                                            'model': {'dropout_rate': (0.0, 0.5)}})
   results = search.run(config, str(tmp_path))
   assert [t['trial'][:3] for t in results['trials']] == ['000', '001', '002', '003']
   for t in results['trials']:
     assert 1e-3 <= t['learning_rate'] <= 3e-2 and t['model.dropout_rate'] in (0.0, 0.5)
+    assert 0.0 <= t['val_roc_auc'] <= 1.0
+  assert (tmp_path / 'report.md').exists()
   (tmp_path / 'results.json').unlink()  # rerun: every trial is done, so only the asking happens again
   again = search.run(config, str(tmp_path))
   assert [t['trial'] for t in again['trials']] == [t['trial'] for t in results['trials']]

@@ -223,3 +223,12 @@ def test_a_metric_added_in_one_function_reaches_the_results_and_the_report(tmp_p
     assert inference.load(str(tmp_path)).evaluate()['metrics']['brier'] == pytest.approx(results['test_brier'])
   finally:
     del metrics.METRICS['brier']
+
+
+def test_a_record_name_is_known_only_as_its_metric_writes_it():
+  """best_by and early_stopping.monitor take the names the records have: a per-class metric
+  with its class ('val_class_accuracy_face'), the others without a suffix."""
+  from comicface import metrics  # pylint: disable=g-import-not-at-top
+  assert all(map(metrics.known, ['val_loss', 'val_roc_auc', 'val_class_accuracy_face']))
+  assert not any(map(metrics.known, ['val_class_accuracy', 'val_accuracy_face', 'val_nothing']))
+  assert not metrics.maximize('val_loss') and metrics.maximize('val_class_accuracy_face')

@@ -11,6 +11,7 @@ import numpy as np
 
 from comicface import checkpointing
 from comicface import errors
+from comicface import metrics
 from comicface import search_space
 from comicface.search.trials import Search, Trial
 
@@ -84,10 +85,10 @@ def bayesian(search: Search) -> None:
   for batch in range(math.ceil(c.num_trials / c.bayesian_batch)):
     sampler = optuna.samplers.TPESampler(seed=int(np.random.SeedSequence([c.seed, batch]).generate_state(1)[0]),
                                          constant_liar=True, n_startup_trials=c.bayesian_batch)
-    study = optuna.create_study(direction='maximize', sampler=sampler)
+    study = optuna.create_study(direction='maximize' if metrics.maximize(c.best_by) else 'minimize', sampler=sampler)
     for t in asked:
       study.add_trial(optuna.trial.create_trial(params=t.values, distributions=distributions,
-                                                value=search.best(t)['val_accuracy']))
+                                                value=search.best(t)[c.best_by]))
     batch_trials = [search_space.trial(c, i, study.ask(distributions).params, search.max_epochs)
                     for i in range(batch * c.bayesian_batch, min(c.num_trials, (batch + 1) * c.bayesian_batch))]
     search.train(batch_trials, search.max_epochs, f'batch {batch}')

@@ -97,7 +97,8 @@ def write_results(search: Search, config: ml_collections.ConfigDict, winner: Tri
                   for m in trial_record['members']]
     table.append({'trial': name, **t.values, 'best_epoch': r['epoch'], 'val_accuracy': r['val_accuracy'],
                   'val_accuracy_std': float(np.std(accuracies)), 'val_loss': r['val_loss'],
-                  'epochs_trained': len(histories[name]), 'stopped_early': trial_record['stopped']})
+                  'epochs_trained': len(histories[name]), 'stopped_early': trial_record['stopped'],
+                  config.best_by: r[config.best_by]})
   ranked = sorted(search.trials.values(), key=lambda t: checkpointing.rank(bests[t.name], config.best_by),
                   reverse=True)
   epochs_spent = sum(len(h) for h in histories.values())

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import ast
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
@@ -52,20 +52,27 @@ def with_earlier_fields(recorded: dict) -> ml_collections.ConfigDict:
   """A config recorded by an earlier release, with the fields it predates (BEFORE_THE_FIELD)."""
   config = ml_collections.ConfigDict(recorded)
   for dotted, value in BEFORE_THE_FIELD.items():
-    *parents, leaf = dotted.split('.')
-    node = config
-    for part in parents:
-      node = node[part]
+    node, leaf = parent(config, dotted)
     if leaf not in node:
       node[leaf] = value
   return config
 
 
+def parent(tree: Any, dotted: str, make: Callable[[], Any] | None = None) -> tuple[Any, str]:
+  """The node of `tree` (a config or a dict) that holds the field `dotted` ('model.filters_1'),
+  and the field's own name; `make()` makes the nodes missing on the way (else: KeyError)."""
+  *parents, leaf = dotted.split('.')
+  for part in parents:
+    if make is not None and part not in tree:
+      tree[part] = make()
+    tree = tree[part]
+  return tree, leaf
+
+
 def get(config: ml_collections.ConfigDict, dotted: str):
   """The field `dotted` ('dataset.name') of `config`."""
-  for part in dotted.split('.'):
-    config = config[part]
-  return config
+  node, leaf = parent(config, dotted)
+  return node[leaf]
 
 
 def fields(config: ml_collections.ConfigDict, *roles: str) -> list[str]:
@@ -84,10 +91,7 @@ def subset(config: ml_collections.ConfigDict, dotted_fields: Sequence[str]) -> d
   """The `dotted_fields` of `config` as a nested dict of plain values."""
   out: dict = {}
   for dotted in dotted_fields:
-    *parents, leaf = dotted.split('.')
-    node = out
-    for part in parents:
-      node = node.setdefault(part, {})
+    node, leaf = parent(out, dotted, make=dict)
     value = get(config, dotted)
     node[leaf] = value.to_dict() if hasattr(value, 'to_dict') else value
   return out
@@ -162,12 +166,7 @@ def add_grid_axes(config: ml_collections.ConfigDict, axes: Sequence[tuple[str, s
   tuple), else as the string it is ('log_uniform(1e-4, 1e-1)')."""
   with config.grid.unlocked():
     for dotted, text in axes:
-      *parents, leaf = dotted.split('.')
-      grid = config.grid
-      for part in parents:
-        if part not in grid:
-          grid[part] = ml_collections.ConfigDict(type_safe=False)
-        grid = grid[part]
+      grid, leaf = parent(config.grid, dotted, make=lambda: ml_collections.ConfigDict(type_safe=False))
       try:
         grid[leaf] = ast.literal_eval(text)
       except (ValueError, SyntaxError):

@@ -166,10 +166,7 @@ def stack_key(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigD
   (compiled): trials equal in it can train as one stack."""
   c = config.to_dict()
   for dotted in configuration.fields(config, 'value'):
-    *parents, leaf = dotted.split('.')
-    node = c
-    for part in parents:
-      node = node[part]
+    node, leaf = configuration.parent(c, dotted)
     node.pop(leaf)
   return ml_collections.FrozenConfigDict({**c, 'weight_decay': config.weight_decay > 0})
 

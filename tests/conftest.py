@@ -51,12 +51,10 @@ TINY_PAIRS = 64
 
 def override(config, **overrides):
   """`config` with dotted fields set: override(c, **{'model.filters_1': 16})."""
+  from comicface import configuration  # pylint: disable=g-import-not-at-top
   for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+    node, leaf = configuration.parent(config, key)
+    node[leaf] = value
   return config
 
 

@@ -91,6 +91,7 @@ def test_kill_9_anywhere_then_resume_is_bitwise_exact(straight, tmp_path, seed):
   assert proc.returncode == -signal.SIGKILL and not (workdir / 'results.json').exists()  # the kill took
   r = run_main(workdir, '--config.num_epochs=3')
   assert r.returncode == 0, r.stderr[-3000:]
+  assert 'resident on the devices' in r.stderr  # the premise: the default feed keeps the data there
   assert 'Taking over' in r.stderr and 'from a run that ended without releasing it' in r.stderr
   assert_same_params(workdir, straight)
   a, b = (json.loads((d / 'results.json').read_text()) for d in (workdir, straight))
@@ -170,6 +171,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert ra == pytest.approx(rb, rel=1e-4, abs=1e-5)
   assert b['test_accuracy'] == pytest.approx(a['test_accuracy'])
   assert 'img/s ETA' in outs[0][1] and 'img/s ETA' not in outs[1][1]  # process 0 alone logs
+  assert 'resident on the devices' in outs[0][1] and 'resident on the devices' in r.stderr  # both runs' feed
   state = two / 'checkpoints' / str(b['best_step']) / 'state'
   assert (state / 'ocdbt.process_0').exists()
 

@@ -24,7 +24,7 @@ class CheckpointError(errors.UserError, RuntimeError):
   """A checkpoint could not be written (disk full, permissions...)."""
 
 
-def rank(record: dict[str, float], by: str = 'val_accuracy') -> tuple[float, float, float]:
+def rank(record: dict[str, float], by: str) -> tuple[float, float, float]:
   """The order of epochs (and checkpoints, and trials), higher first: the better `by`
   (config.best_by: higher, or lower for a loss), then lower validation loss, then an
   earlier epoch; a NaN ranks last."""
@@ -38,7 +38,7 @@ def metrics_of(record: dict[str, Any]) -> dict[str, float]:
   return {k: v for k, v in record.items() if isinstance(v, (int, float))}
 
 
-def manager(workdir: str, keep_latest: int, best_by: str = 'val_accuracy') -> ocp.CheckpointManager:
+def manager(workdir: str, keep_latest: int, best_by: str) -> ocp.CheckpointManager:
   """A manager in `workdir/checkpoints` saving `state` (arrays) and `meta` (JSON), keeping
   the latest `keep_latest` and the best by `rank` (`best_by`).
 

@@ -190,7 +190,7 @@ def test_nan_midway_keeps_the_last_good_checkpoint(tmp_path):
   with pytest.raises(actions.NonFiniteLossError, match=r'train_loss is nan at step \d+'):
     train.fit(run, actions.standard(run))
   run.close()
-  manager = checkpointing.manager(str(tmp_path), 2)
+  manager = checkpointing.manager(str(tmp_path), 2, 'val_accuracy')
   assert manager.all_steps() == good
   tree, _ = checkpointing.restore(manager, good[-1], template)
   manager.close()

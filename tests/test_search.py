@@ -64,10 +64,10 @@ def test_selection_breaks_ties_by_loss_then_fewer_epochs():
       'b': [_record(1, 0.95, 0.25), _record(2, 0.95, 0.1), _record(3, 0.5, 0.1)],
       'c': [_record(1, math.nan, math.nan), _record(2, 0.95, 0.1)],
   }
-  assert trials.select(histories, [1, 2, 3]) == ('b', _record(2, 0.95, 0.1))  # b/2 ties c/2: order kept
-  assert trials.select({'a': histories['a']}, [1, 2, 3])[1]['epoch'] == 2    # same acc and loss: fewer epochs
-  assert trials.select(histories, [1, 3]) == ('a', _record(3, 0.95, 0.2))      # epochs off the axis ignored
-  assert trials.select({'c': histories['c']}, [1])[1]['epoch'] == 1           # only NaN: still a result
+  assert trials.select(histories, [1, 2, 3], 'val_accuracy') == ('b', _record(2, 0.95, 0.1))  # b/2 ties c/2: order kept
+  assert trials.select({'a': histories['a']}, [1, 2, 3], 'val_accuracy')[1]['epoch'] == 2    # same acc and loss: fewer epochs
+  assert trials.select(histories, [1, 3], 'val_accuracy') == ('a', _record(3, 0.95, 0.2))      # epochs off the axis ignored
+  assert trials.select({'c': histories['c']}, [1], 'val_accuracy')[1]['epoch'] == 1           # only NaN: still a result
 
 
 @pytest.fixture(scope='module')

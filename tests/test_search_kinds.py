@@ -203,7 +203,7 @@ def test_load_restores_the_step_a_seeded_search_tested(tmp_path):
   config = tiny_search('grid', seeds=2, num_epochs=5, retrain_splits=(), seed=1)
   config.grid = ml_collections.ConfigDict({'learning_rate': (1e-2, 3e-3)})
   results = search.run(config, str(tmp_path))
-  manager = checkpointing.manager(str(tmp_path / results['model_folder']), config.keep_checkpoints)
+  manager = checkpointing.manager(str(tmp_path / results['model_folder']), config.keep_checkpoints, config.best_by)
   own_best = manager.best_step()
   manager.close()
   assert own_best != results['tested_step']  # the premise: seed 0 alone peaks at another epoch

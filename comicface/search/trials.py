@@ -27,7 +27,7 @@ from comicface.search import jobs
 Trial = search_space.Trial
 
 
-def select(histories: dict[str, list[dict]], epochs: list[int], by: str = 'val_accuracy') -> tuple[str, dict]:
+def select(histories: dict[str, list[dict]], epochs: list[int], by: str) -> tuple[str, dict]:
   """(trial name, record) of the best (trial, epoch) by `checkpointing.rank` (of `by`) over
   the allowed epoch counts; where no trial has any of them (stopped early, or a rung below
   them), over the epochs they have."""

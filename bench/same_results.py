@@ -1,5 +1,6 @@
 """The studies' protocols give the same results as in an earlier checkout: both run each
-config, and every number of their results.json is compared, bitwise.
+config, and every number of their results.json is compared, bitwise (a field that only
+one of them has is a difference too).
 
     python -m bench.same_results --baseline /tmp/base [--configs repro_cnn_study,repro_mlp_study] [--variant runlocal]
 """
@@ -22,12 +23,15 @@ def results(tree: pathlib.Path, config: str, variant: str) -> dict:
   return json.loads((workdir / 'results.json').read_text())
 
 
-def differences(a, b, path='') -> list[str]:
-  """Where two results differ, among the fields both have."""
+def differences(a, b, path='', sides=('this checkout', 'the baseline')) -> list[str]:
+  """Where two results differ: in a value, or in a field that only one side (`sides`: their names) has."""
   if isinstance(a, dict) and isinstance(b, dict):
-    return [d for k in a.keys() & b.keys() if k != 'config' for d in differences(a[k], b[k], f'{path}.{k}')]
+    alone = [f'{path}.{k}: only in {side}' for side, keys in zip(sides, (a.keys() - b.keys(), b.keys() - a.keys()))
+             for k in sorted(keys)]
+    return alone + [d for k in sorted(a.keys() & b.keys()) if k != 'config'
+                    for d in differences(a[k], b[k], f'{path}.{k}', sides)]
   if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-    return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f'{path}[{i}]')]
+    return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f'{path}[{i}]', sides)]
   return [] if a == b else [f'{path}: {a!r} / {b!r}']
 
 

@@ -1,8 +1,17 @@
 """What the training loop does besides training, in the spirit of CLU's periodic actions:
-each action is called after every block of train steps and after every epoch."""
+each action is called after every block of train steps and after every epoch.
+
+On several processes every choice that changes what they run next is taken by all at the
+same step. A choice made from the records (early stopping, a non-finite loss) is the same
+everywhere by construction: every process holds the same replicated values. A choice made
+from a process's own state (its clock says a checkpoint is due, SIGTERM reached it, its hold
+on the workdir was lost) is a request, and `Decide` agrees the requests of all processes
+at the points where the loop waits for the devices anyway: the log steps and each epoch's end.
+"""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import threading
@@ -10,6 +19,9 @@ import time
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 from comicface import checkpointing
 from comicface import errors
@@ -33,8 +45,9 @@ class Preempted(Exception):
 class Action:
   """Called by `train.fit`; the default is to do nothing."""
 
-  def after_steps(self, run: Run, sums: Metrics, taken: int) -> None:
-    """After a block of `taken` train steps; `sums` are the epoch's so far."""
+  def after_steps(self, run: Run, sums: Metrics, at_log: bool) -> None:
+    """After a block of train steps; `sums` are the epoch's so far; `at_log`: the block
+    ends at a log step (`Run.log_due`), where the loop may wait for the devices."""
 
   def after_epoch(self, run: Run, records: list[Record]) -> None:
     """After an epoch, with the record of each member (also appended to its history)."""
@@ -52,15 +65,62 @@ def check_finite(records: Sequence[Record], step: int) -> None:
                                  'Lower config.learning_rate, or check the data.')
 
 
-class ReportProgress(Action):
-  """The console: a progress line every `config.log_every_steps`, a line per epoch."""
+@dataclasses.dataclass(frozen=True)
+class Requests:
+  """What some process asks of all of them, taken by all at the same step."""
+  checkpoint: bool = False  # its clock says a checkpoint is due (config.checkpoint_seconds)
+  preempt: bool = False     # SIGTERM, or the preemption notice, reached it: save and stop
+  hold_lost: bool = False   # its hold on a workdir could not renew its heartbeat: stop
+
+
+def agree(local: Requests) -> Requests:
+  """The requests of every process, each made where any process made it. On several
+  processes a collective (all must call it at the same step); on one, `local` itself."""
+  if jax.process_count() == 1:
+    return local
+  flags = np.asarray(dataclasses.astuple(local), np.int32)
+  every = np.asarray(multihost_utils.process_allgather(flags)).reshape(-1, flags.size)
+  agreed = Requests(*(bool(x) for x in every.any(0)))
+  if agreed != local:
+    logging.info('Process %d takes what another process asked: %s.', jax.process_index(), agreed)
+  return agreed
+
+
+class Decide(Action):
+  """Agrees every process's requests (`agree`) at each log step inside an epoch and at
+  each epoch's end, into `Run.requests`, which the actions after it act on; between those
+  points `Run.requests` asks for nothing. Its clock restarts at each agreed checkpoint."""
 
   def __init__(self, run: Run):
-    self.progress = logs.Progress(run.steps_per_epoch * run.config.num_epochs, run.config.batch_size,
-                                  run.config.log_every_steps)
+    self.last_checkpoint = time.monotonic()
+    run.requests = Requests()
 
-  def after_steps(self, run: Run, sums: Metrics, taken: int) -> None:
-    if self.progress.due(run.step, taken):
+  def _decide(self, run: Run) -> None:
+    run.requests = agree(Requests(
+        checkpoint=time.monotonic() - self.last_checkpoint >= run.config.checkpoint_seconds,
+        preempt=preempted(), hold_lost=bool(workdirs.hold_lost())))
+    if run.requests.checkpoint:
+      self.last_checkpoint = time.monotonic()
+
+  def after_steps(self, run: Run, sums: Metrics, at_log: bool) -> None:
+    if run.members[0].manager.reached_preemption(run.step):  # Orbax's notice: already agreed by JAX
+      _PREEMPTED.set()
+    run.requests = Requests()
+    if at_log and run.step % run.steps_per_epoch:  # an epoch's end decides in after_epoch
+      self._decide(run)
+
+  def after_epoch(self, run: Run, records: list[Record]) -> None:
+    self._decide(run)
+
+
+class ReportProgress(Action):
+  """The console: a progress line at each log step (`Run.log_due`), a line per epoch."""
+
+  def __init__(self, run: Run):
+    self.progress = logs.Progress(run.steps_per_epoch * run.config.num_epochs, run.config.batch_size)
+
+  def after_steps(self, run: Run, sums: Metrics, at_log: bool) -> None:
+    if at_log:
       self.progress.log(run.step, run.epoch + 1, run.config.num_epochs, summarize(sums, 'train'))
 
   def after_epoch(self, run: Run, records: list[Record]) -> None:
@@ -91,17 +151,14 @@ class WriteTensorBoard(Action):
 
 class SaveCheckpoints(Action):
   """A checkpoint of every member at the first epoch's end after `config.checkpoint_seconds`
-  since the last (and when the run ends: `train.fit`), with its epoch's record, by which its
-  manager keeps its best beside its latest; meanwhile a member's best epoch is held on the
-  host (`Run.hold_best`) and written with its next checkpoint."""
-
-  def __init__(self):
-    self.last = time.monotonic()
+  since the last (as agreed by `Decide`; and when the run ends: `train.fit`), with its
+  epoch's record, by which its manager keeps its best beside its latest; meanwhile a
+  member's best epoch is held on the host (`Run.hold_best`) and written with its next
+  checkpoint."""
 
   def after_epoch(self, run: Run, records: list[Record]) -> None:
-    if time.monotonic() - self.last >= run.config.checkpoint_seconds:
+    if run.requests.checkpoint:
       run.save()
-      self.last = time.monotonic()
     else:
       run.hold_best()
 
@@ -169,6 +226,11 @@ def preempted() -> bool:
   return _PREEMPTED.is_set()
 
 
+def preempted_anywhere() -> bool:
+  """Whether SIGTERM has reached any process (`agree`: all must ask at the same point)."""
+  return agree(Requests(preempt=preempted())).preempt
+
+
 def preempted_within(seconds: float) -> bool:
   """Waits up to `seconds` for SIGTERM's request; whether it came."""
   return _PREEMPTED.wait(seconds)
@@ -197,18 +259,15 @@ def handle_sigterm() -> Iterator[None]:
 
 
 class StopOnPreemption(Action):
-  """On SIGTERM (what a preemption sends; see `handle_sigterm`) or Orbax's preemption notice:
-  saves a checkpoint at the next step (with the epoch's partial sums, so that the resumed
-  epoch's record is exact) and stops the loop (`Preempted`)."""
+  """On SIGTERM to any process (what a preemption sends; see `handle_sigterm`) or Orbax's
+  preemption notice, as agreed by `Decide`: saves a checkpoint (with the epoch's partial
+  sums, so that the resumed epoch's record is exact) and stops the loop (`Preempted`)."""
 
   def __init__(self, check_nonfinite: bool = True):
     self.check_nonfinite = check_nonfinite
 
-  def _due(self, run: Run) -> bool:
-    return preempted() or run.members[0].manager.reached_preemption(run.step)
-
-  def after_steps(self, run: Run, sums: Metrics, taken: int) -> None:
-    if run.step % run.steps_per_epoch and self._due(run):
+  def after_steps(self, run: Run, sums: Metrics, at_log: bool) -> None:
+    if run.requests.preempt:
       if self.check_nonfinite:
         check_finite(summarize(sums, 'train'), run.step)
       run.save(partial=sums)
@@ -217,7 +276,7 @@ class StopOnPreemption(Action):
       raise Preempted
 
   def after_epoch(self, run: Run, records: list[Record]) -> None:
-    if run.epoch < run.config.num_epochs and self._due(run):
+    if run.epoch < run.config.num_epochs and run.requests.preempt:
       run.save(run.unsaved())
       for member in run.members:
         checkpointing.wait(member.manager)
@@ -225,16 +284,21 @@ class StopOnPreemption(Action):
 
 
 class StopOnLostHold(Action):
-  """Stops the run (workdir.HoldLostError) once a hold of this process could not write its
-  heartbeat: another run may be taking its place."""
+  """Stops the run (workdir.HoldLostError) once a hold could not write its heartbeat
+  (another run may be taking its place), as agreed by `Decide`."""
 
-  def after_steps(self, run: Run, sums: Metrics, taken: int) -> None:
-    workdirs.raise_if_hold_lost()
+  def after_steps(self, run: Run, sums: Metrics, at_log: bool) -> None:
+    if run.requests.hold_lost:
+      workdirs.raise_if_hold_lost(lost=True)
+
+  def after_epoch(self, run: Run, records: list[Record]) -> None:
+    self.after_steps(run, {}, True)
 
 
 def standard(run: Run, stop_on_nonfinite: bool = True) -> list[Action]:
   """The actions of a training run, in the order they must run after an epoch (the
-  finite check before the checkpoint, the preemption check after it). A search's
+  requests agreed first, the finite check before the checkpoint, the preemption check after it). A search's
   trials may diverge alone (`stop_on_nonfinite=False`): their NaN ranks them last."""
-  return [ReportProgress(run), *([StopOnNonFinite()] if stop_on_nonfinite else []), WriteTensorBoard(run),
-          SaveCheckpoints(), EarlyStopping(), StopOnPreemption(stop_on_nonfinite), StopOnLostHold()]
+  return [Decide(run), ReportProgress(run), *([StopOnNonFinite()] if stop_on_nonfinite else []),
+          WriteTensorBoard(run), SaveCheckpoints(), EarlyStopping(), StopOnPreemption(stop_on_nonfinite),
+          StopOnLostHold()]

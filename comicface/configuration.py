@@ -33,7 +33,7 @@ ROLES = {
     'dataset.synthetic_difficulty': 'identity',
     'model': 'static', 'dtype': 'static', 'batch_size': 'static', 'augment_hflip': 'static',
     'optimizer': 'static', 'momentum': 'static', 'nesterov': 'static', 'grad_clip_norm': 'static',
-    'schedule': 'static', 'warmup_epochs': 'static', 'learning_rate': 'value', 'weight_decay': 'value',
+    'schedule': 'static', 'warmup_epochs': 'static', 'schedule_epochs': 'identity', 'learning_rate': 'value', 'weight_decay': 'value',
     'num_epochs': 'budget', 'train_splits': 'identity', 'test_checkpoint': 'free', 'best_by': 'identity',
     'seed': 'identity', 'early_stopping': 'identity',
     'grid': 'identity', 'search': 'identity', 'num_trials': 'budget', 'halving': 'identity',
@@ -44,7 +44,7 @@ ROLES = {
 IDENTITY_ROLES = ('static', 'value', 'identity')
 # What every run had before a field existed: a workdir recorded without the field had this.
 BEFORE_THE_FIELD = {'momentum': 0.0, 'nesterov': False, 'weight_decay': 0.0, 'grad_clip_norm': 0.0,
-                    'schedule': 'constant', 'warmup_epochs': 0.0, 'best_by': 'val_accuracy',
+                    'schedule': 'constant', 'warmup_epochs': 0.0, 'schedule_epochs': 0, 'best_by': 'val_accuracy',
                     'checkpoint_seconds': 0.0, 'speed.feed': 'auto'}
 
 
@@ -97,6 +97,13 @@ def subset(config: ml_collections.ConfigDict, dotted_fields: Sequence[str]) -> d
   return out
 
 
+def classes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The class names of `config.dataset`, known from its name before it is built (ConfigError
+  for an unknown name)."""
+  from comicface import input_pipeline  # pylint: disable=g-import-not-at-top  (heavier: TFDS, grain)
+  return input_pipeline.Task.of_name(config.dataset.name).classes
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the field and its valid range."""
   def need(ok: bool, field: str, valid: str) -> None:
@@ -115,9 +122,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.weight_decay >= 0, 'weight_decay', '>= 0')
   need(config.grad_clip_norm >= 0, 'grad_clip_norm', '>= 0 (0: off)')
   one_of('schedule', optimizers.SCHEDULES)
-  need(0 <= config.warmup_epochs <= config.num_epochs, 'warmup_epochs', f'in [0, num_epochs={config.num_epochs}]')
-  need(metrics.known(config.best_by) and config.best_by.startswith('val_'), 'best_by',
-       f'a validation record: val_ and one of {sorted(metrics.METRICS)}')
+  need(config.schedule_epochs == 0 or config.schedule_epochs >= config.num_epochs, 'schedule_epochs',
+       f'0 (num_epochs), or at least num_epochs={config.num_epochs}')
+  length = optimizers.schedule_epochs(config)
+  need(0 <= config.warmup_epochs <= length, 'warmup_epochs', f'in [0, the schedule\'s {length} epochs]')
+  records = metrics.names('val', classes(config))
+  need(config.best_by in records, 'best_by', f'a validation record: one of {records}')
   one_of('dtype', ('float32', 'bfloat16'))
   one_of('grid_parallel', ('auto', 'sequential', 'stacked', 'parallel'))
   shard = config.shard.split('/')
@@ -145,9 +155,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(1 <= config.halving.min_epochs <= config.num_epochs, 'halving.min_epochs', f'in [1, num_epochs={config.num_epochs}]')
   need(config.halving.brackets >= 1, 'halving.brackets', '>= 1')
   stopping = config.early_stopping
-  need(stopping.monitor in ('', 'train_loss', 'train_accuracy') or (
-      stopping.monitor.startswith('val_') and metrics.known(stopping.monitor)), 'early_stopping.monitor',
-       f"'' (off), train_loss, train_accuracy, or val_ and one of {sorted(metrics.METRICS)}")
+  need(stopping.monitor in ('', 'train_loss', 'train_accuracy', *records), 'early_stopping.monitor',
+       f"'' (off), train_loss, train_accuracy, or one of {records}")
   one_of('early_stopping.mode', ('auto', 'min', 'max'))
   need(stopping.patience >= 0 and stopping.min_delta >= 0 and stopping.start_from_epoch >= 0,
        'early_stopping.patience', '>= 0, as min_delta and start_from_epoch')

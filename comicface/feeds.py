@@ -1,10 +1,12 @@
 """How batches reach the steps: a split resident on the devices, or streamed from disk.
 
-Resident (airbench's way): a split's uint8 images and labels go to every device of the
-mesh once per process; each train call gathers its batches there from the epoch's order
-(put on the devices once per epoch), and an evaluation gathers its batches by a counter
-that never leaves the devices. Between an epoch's start and its end nothing moves
-between host and device but what the log steps pull.
+Resident (airbench's way): a build's uint8 images and labels go to each device once (one
+copy per device, shared by every mesh that holds the device); each train call gathers its
+batches there from the epoch's order (put on the devices once per epoch), and an
+evaluation gathers its batches by a counter that never leaves the devices. Between an
+epoch's start and its end nothing moves between host and device but what the log steps
+pull. The images lie flat, one row of H*W*C bytes per example (reshaped inside the step),
+a layout that a TPU's tiling of the two minor dimensions barely pads.
 
 Streamed: grain reads this process's slice of every batch (input_pipeline), and each
 block is put on the devices two blocks ahead of the step that takes it.
@@ -18,8 +20,10 @@ import collections
 import functools
 import math
 import os
+import threading
 from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
 
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -45,23 +49,62 @@ class Feed(Protocol):
     once, in order, the last batch padded: see `input_pipeline.eval_batches`)."""
 
 
-def memory_budget(devices: Sequence[jax.Device]) -> float:
-  """What resident data may take on this process's `devices`: a quarter of each one's
-  memory, or on CPUs (whose devices report none), a quarter of the host's RAM shared by them."""
+def memory_budget(devices: Sequence[jax.Device]) -> float | None:
+  """What resident data may take on each of this process's `devices`: a quarter of the
+  smallest one's memory (JAX's `bytes_limit`, what it may allocate), or on CPUs (whose
+  devices report none), a quarter of the host's RAM shared by them. None where a device
+  that is not a CPU reports no limit."""
   limits = [(d.memory_stats() or {}).get('bytes_limit') for d in devices]
   if all(limits):
     return min(limits) / 4
-  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 4 / len(devices)
+  if all(d.platform == 'cpu' for d in devices):
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 4 / len(devices)
+  return None
+
+
+TPU_TILES = {1: (32, 128), 2: (16, 128), 4: (8, 128)}  # bytes per item: the tile of the two minor dimensions
+
+
+def laid_out_bytes(shape: Sequence[int], dtype: Any, platform: str) -> int:
+  """The bytes an array takes on a device of `platform`: a TPU pads its two minor
+  dimensions to whole tiles (a 1-D array as one row of 1024-item tiles); elsewhere
+  its logical size. Once on the device, `on_device_size_in_bytes` says."""
+  item = np.dtype(dtype).itemsize
+  if platform != 'tpu':
+    return math.prod(shape) * item
+  if len(shape) == 1:
+    return -(-shape[0] // 1024) * 1024 * item
+  rows, cols = TPU_TILES[item]
+  *major, second, minor = shape
+  return math.prod(major) * -(-second // rows) * rows * -(-minor // cols) * cols * item
+
+
+def flat(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """A build's arrays as they lie resident: each image one row of bytes."""
+  return {k: v.reshape(len(v), -1) if k == 'image' else v for k, v in arrays.items()}
+
+
+def resident_bytes(num_examples: int, image_shape: tuple[int, ...], platform: str) -> int:
+  """What a build of `num_examples` images takes resident on one device of `platform`."""
+  return (laid_out_bytes((num_examples, math.prod(image_shape)), np.uint8, platform)
+          + laid_out_bytes((num_examples,), np.int32, platform))
 
 
 def fits(splits: Sequence[input_pipeline.Split], image_shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> bool:
   """Whether the build of `splits` (every split of it) fits resident on every device of
-  `mesh` (`memory_budget`); process 0 decides for all, so that all run the same program."""
-  nbytes = len(splits[0].source) * (math.prod(image_shape) + 4)  # the whole build goes
+  `mesh` (`memory_budget`), counted as the device lays it out; process 0 decides for
+  all, so that all run the same program. Says why where it streams."""
   local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-  decision = nbytes <= memory_budget(local)
+  needed = resident_bytes(len(splits[0].source), image_shape, local[0].platform)  # the whole build goes
+  budget = memory_budget(local)
+  decision = budget is not None and needed <= budget
   if jax.process_count() > 1:
     decision = bool(multihost_utils.broadcast_one_to_all(np.asarray(decision)))
+  if not decision:
+    logging.info('Streaming the data: %s; config.speed.feed=\'resident\' keeps it on the devices all the same.',
+                 f'{local[0]} reports no memory limit' if budget is None else
+                 f'its build takes {needed / 2**20:,.0f} MiB on each device, over the quarter of their memory '
+                 f'allowed ({budget / 2**20:,.0f} MiB)')
   return decision
 
 
@@ -82,7 +125,38 @@ def _put_replicated(tree: Any, sharding: jax.sharding.Sharding) -> Any:
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
 
 
-_ON_DEVICES: dict[tuple, tuple[dict[str, jax.Array], np.ndarray]] = {}  # (build, devices): its arrays, and labels
+_ON_DEVICE: dict[tuple, dict[str, jax.Array]] = {}  # (build, device id): the build's arrays on that device
+_LABELS: dict[tuple, np.ndarray] = {}  # build: its labels on the host
+_ON_DEVICE_LOCK = threading.Lock()  # a 'parallel' search's groups put builds from several threads
+
+
+def on_devices(split: input_pipeline.Split,
+               sharding: jax.sharding.NamedSharding) -> tuple[dict[str, jax.Array], np.ndarray]:
+  """The whole build of `split` (`flat`) on every device of `sharding`, replicated, and its
+  labels on the host: each device holds one copy of a build, put there once and shared by
+  every mesh it is in (the sub-meshes of a 'parallel' search, then the retrain on all devices)."""
+  build = (split.build, len(split.source))
+  local = sorted(sharding.addressable_devices, key=lambda d: d.id)
+  with _ON_DEVICE_LOCK:
+    missing = [d for d in local if (build, d.id) not in _ON_DEVICE]
+    if missing:
+      arrays = flat(split.whole().arrays())
+      _LABELS[build] = arrays['label']
+      for device in missing:
+        _ON_DEVICE[build, device.id] = {k: jax.device_put(v, device) for k, v in arrays.items()}
+    per_device = [_ON_DEVICE[build, d.id] for d in local]
+  arrays = {k: jax.make_array_from_single_device_arrays(per_device[0][k].shape, sharding, [a[k] for a in per_device])
+            for k in per_device[0]}
+  return arrays, _LABELS[build]
+
+
+def device_bytes(arrays: dict[str, jax.Array]) -> dict[int, int]:
+  """The bytes `arrays` take on each of this process's devices, as the devices hold them."""
+  held: dict[int, int] = collections.Counter()
+  for array in arrays.values():
+    for shard in array.addressable_shards:
+      held[shard.device.id] += shard.data.on_device_size_in_bytes()
+  return dict(held)
 
 
 class Resident:
@@ -93,11 +167,7 @@ class Resident:
 
   def __init__(self, split: input_pipeline.Split, steps: steps_lib.Steps):
     self.split, self.replicated = split, steps.replicated
-    key = (split.build, len(split.source), tuple(d.id for d in steps.replicated.mesh.devices.flat))
-    if key not in _ON_DEVICES:
-      arrays = split.whole().arrays()
-      _ON_DEVICES[key] = {k: _put_replicated(v, steps.replicated) for k, v in arrays.items()}, arrays['label']
-    self.data, labels = _ON_DEVICES[key]
+    self.data, labels = on_devices(split, steps.replicated)
     self.labels = labels[split.index]
     n, b = split.num_examples, split.global_batch
     self.eval_batches = -(-n // b)

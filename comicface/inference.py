@@ -13,6 +13,7 @@ import glob
 import json
 import pathlib
 import re
+import shutil
 from typing import Any, Iterator, Sequence
 
 from absl import logging
@@ -27,6 +28,7 @@ from comicface import errors
 from comicface import imaging
 from comicface import input_pipeline
 from comicface import models
+from comicface import preprocess
 from comicface import report
 from comicface import stats
 from comicface import steps as steps_lib
@@ -153,8 +155,9 @@ class Model:
     """Writes the model to `WORKDIR/export/`, for use with JAX alone: `model.jax`, a
     `jax.export` artifact lowered for CPU, CUDA and TPU (uint8 images [any batch, height,
     width, channels] in, class probabilities [batch, classes] out; Flax's own layers, the
-    parameters inside), and `model.json`: the classes, the image size and mode, and how
-    images are decoded and resized (`imaging.load_image`). Returns the folder."""
+    parameters inside), `preprocess.py`: the very file that decodes and resizes images for
+    the builder and `predict` (numpy and Pillow only), and `model.json`: the classes, the
+    image size and mode, and how to call them. Returns the folder."""
     model = models.create(self.config.model.to_dict(), len(self.classes), self.config.dtype)
     state = jax.device_get(self.state)
     probabilities = lambda images: jax.nn.softmax(steps_lib.apply_model(model, state, images)[0])
@@ -165,15 +168,16 @@ class Model:
     if jax.process_index() == 0:
       out.mkdir(exist_ok=True)
       (out / 'model.jax').write_bytes(exported.serialize())
-      size = self.task.image_shape[0]
+      shutil.copyfile(preprocess.__file__, out / 'preprocess.py')
+      size, mode = self.task.image_shape[0], self.task.image_mode
       workdirs.write_json(out / 'model.json', {
           'call': "jax.export.deserialize(open('model.jax', 'rb').read()).call(images)",
           'input': {'shape': ['batch', *self.task.image_shape], 'dtype': 'uint8'},
           'output': {'shape': ['batch', len(self.classes)], 'dtype': 'float32', 'columns': list(self.classes)},
-          'classes': list(self.classes), 'image_size': size, 'image_mode': self.task.image_mode,
-          'preprocessing': (f'EXIF orientation applied; converted to {self.task.image_mode} (transparency on '
-                            f'white); the centred square crop; resized to {size}x{size} with Lanczos (PIL '
-                            'Image.Resampling.LANCZOS); uint8. The model scales the pixels itself.'),
+          'classes': list(self.classes), 'image_size': size, 'image_mode': mode,
+          'preprocessing': (f"images = np.stack([preprocess.load_image(path, {size}, '{mode}') for path in paths]) "
+                            '(preprocess.py, beside this file: numpy and Pillow; the pixels of --mode=predict). '
+                            'The model scales the pixels itself.'),
           'platforms': list(EXPORT_PLATFORMS), 'jax_version': jax.__version__, 'workdir': self.workdir,
           'trial': self.trial, 'step': self.step})
     return out

@@ -16,16 +16,28 @@ def _values(records: Sequence[dict]) -> str:
                   for k, v in records[0].items() if isinstance(v, float))
 
 
+class LogSteps:
+  """Which train calls end at a log step (where the loop pulls metrics and the processes
+  agree: actions.Decide): the first call to end `every` or more steps after the last log
+  step, or after `start`; so never more often than the calls allow."""
+
+  def __init__(self, every: int, start: int):
+    self.every, self.last = max(1, every), start
+
+  def due(self, step: int) -> bool:
+    """Whether the call that ended at `step` ends at a log step (called once per call)."""
+    if step - self.last >= self.every:
+      self.last = step
+      return True
+    return False
+
+
 class Progress:
   """`epoch 2/4 step 120/720 train_loss 0.1234 train_accuracy 0.9812 312.4 img/s ETA 1m23s`."""
 
-  def __init__(self, total_steps: int, global_batch: int, every: int):
-    self.total, self.batch, self.every = total_steps, global_batch, max(1, every)
+  def __init__(self, total_steps: int, global_batch: int):
+    self.total, self.batch = total_steps, global_batch
     self.t0, self.s0 = None, None
-
-  def due(self, step: int, taken: int = 1) -> bool:
-    """Whether a log line is due after the `taken` steps that ended at `step`."""
-    return step % self.every < taken or step == self.total
 
   def log(self, step: int, epoch: int, num_epochs: int, records: Sequence[dict]) -> None:
     now = time.perf_counter()

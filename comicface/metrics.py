@@ -38,9 +38,12 @@ def _metric(record_name: str) -> str | None:
                if (name.startswith(m + '_') if m in _KEYED else name == m)), None)
 
 
-def known(record_name: str) -> bool:
-  """Whether a record's name is of a registered metric."""
-  return _metric(record_name) is not None
+def names(split: str, classes: Sequence[str]) -> list[str]:
+  """The name of every record that `compute` gives for `split` ('val') of data of `classes`."""
+  out = []
+  for m in METRICS:
+    out += [f'{split}_{m}_{c}' for c in classes] if m in _KEYED else [f'{split}_{m}']
+  return out
 
 
 def maximize(record_name: str) -> bool:
@@ -69,25 +72,40 @@ def class_accuracy(labels: np.ndarray, log_probs: np.ndarray, classes: Sequence[
 
 @metric('roc_auc')
 def roc_auc(labels: np.ndarray, log_probs: np.ndarray, classes: Sequence[str]) -> float:
-  """The area under the ROC curve of the second class's score, for two classes (else NaN,
-  as where a class is absent): the chance that an example of class 1 scores above one of
-  class 0, ties counting half (Mann-Whitney's U over n1 n0)."""
+  """The area under the ROC curve of the second class's log-odds (`_log_odds` of
+  `probabilities`), for two classes (else NaN, as where a class is absent): the chance that
+  an example of class 1 scores above one of class 0, ties counting half (Mann-Whitney's U
+  over n1 n0)."""
   positive = labels == 1
   if log_probs.shape[-1] != 2 or positive.all() or not positive.any():
     return float('nan')
-  score = log_probs[:, 1] - log_probs[:, 0]  # rises with P(class 1)
-  values, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+  values, inverse, counts = np.unique(_log_odds(probabilities(log_probs)), return_inverse=True, return_counts=True)
   mean_rank = np.cumsum(counts) - (counts - 1) / 2  # 1-based; tied scores share their mean rank
   n1, n0 = positive.sum(), (~positive).sum()
   return float((mean_rank[inverse][positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
+def probabilities(log_probs: np.ndarray) -> np.ndarray:
+  """The class probabilities of the model's log-probabilities, in float64 (in float32,
+  1 - 1e-9 and 1 - 1e-8 are both 1.0): what evaluation gives the report and saves."""
+  return np.exp(np.asarray(log_probs, np.float64))
+
+
+def _log_odds(probs: np.ndarray) -> np.ndarray:
+  """log P(class 1) - log P(class 0): the ROC's score, which keeps apart examples whose
+  P(class 1) rounds to 1 (their P(class 0) still differ)."""
+  with np.errstate(divide='ignore'):
+    return np.log(probs[:, 1]) - np.log(probs[:, 0])
+
+
 def roc_curve(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(false positive rates, true positive rates) of the second class's probability as the
-  threshold falls through every distinct value, from (0, 0) to (1, 1)."""
-  order = np.argsort(-probs[:, 1], kind='stable')
-  score, positive = probs[order, 1], labels[order] == 1
-  last = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]  # the last example at each threshold
+  """(false positive rates, true positive rates) of `probabilities`' [n, 2] as the
+  threshold falls through every distinct score that `roc_auc` ranks by, from (0, 0) to
+  (1, 1): the curve whose area (trapezoids; ties make the diagonals) is `roc_auc`."""
+  score = _log_odds(probs)
+  order = np.argsort(-score, kind='stable')
+  score, positive = score[order], labels[order] == 1
+  last = np.r_[np.flatnonzero(score[1:] != score[:-1]), len(score) - 1]  # the last example at each threshold
   tp, fp = np.cumsum(positive)[last], np.cumsum(~positive)[last]
   return (np.r_[0, fp] / max(1, (~positive).sum()), np.r_[0, tp] / max(1, positive.sum()))
 

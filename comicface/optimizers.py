@@ -7,6 +7,8 @@
     config.grad_clip_norm the gradient clipped to this global norm first (0: off)
     config.schedule       the learning rate over training: 'constant', or 'cosine' / 'linear'
                           decay to 0 at the last step; after config.warmup_epochs of linear warm-up
+    config.schedule_epochs the epochs the schedule spans (0: config.num_epochs); a run stopped
+                          before their end (a retrained search winner) follows it as far as it goes
 
 The learning rate and the weight decay are values (the trials of a stack differ in them),
 passed at each step; the rest is compiled, whether weight decay is on included (so that
@@ -25,6 +27,16 @@ import optax
 NAMES = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'linear')
 VALUES = ('learning_rate', 'weight_decay')  # passed at each step (the rest of the config is compiled)
+
+
+def scheduled(config: ml_collections.ConfigDict) -> bool:
+  """Whether the learning rate of `config` changes over its epochs (a decay or a warm-up)."""
+  return (config.schedule, config.warmup_epochs) != ('constant', 0)
+
+
+def schedule_epochs(config: ml_collections.ConfigDict) -> int:
+  """The epochs the schedule of `config` (or of its `steps.static_config`) spans."""
+  return config.get('schedule_epochs') or config.get('num_epochs', 0)
 
 
 def schedule(kind: str, warmup_epochs: float, num_epochs: int, steps_per_epoch: int) -> optax.Schedule:
@@ -53,7 +65,7 @@ class Optimizer:
   def of(cls, config: ml_collections.ConfigDict, steps_per_epoch: int) -> Optimizer:
     """The optimizer of `config` (or of its `steps.static_config`), for a run of that many steps an epoch."""
     return cls(config.optimizer, config.momentum, config.nesterov, config.grad_clip_norm, config.weight_decay > 0,
-               schedule(config.schedule, config.warmup_epochs, config.get('num_epochs', 0), steps_per_epoch))
+               schedule(config.schedule, config.warmup_epochs, schedule_epochs(config), steps_per_epoch))
 
   @property
   def _stateful(self) -> optax.GradientTransformation:

@@ -182,7 +182,8 @@ def write(workdir: str, results: dict[str, Any], split: Any, probs: np.ndarray, 
   lines = [f'# Report: {out.name}', '',
            f'**Test accuracy: {results["test_accuracy"]:.2%}** (95% CI {lo:.2%} to {hi:.2%}, Wilson), '
            f'{errors} errors out of {n} test images; test loss {results["test_loss"]:.4f}.', '',
-           f'Checkpoint tested: step {results["tested_step"]}, epoch {results["best_epoch"]} (validation accuracy '
+           f'Checkpoint tested: step {results["tested_step"]}, epoch {results["tested_epoch"]}. Best epoch by '
+           f'{results["config"]["best_by"]}: {results["best_epoch"]} (validation accuracy '
            f'{results["best_val_accuracy"]:.4f}, loss {results["best_val_loss"]:.4f}).', '',
            '## Test metrics', '', _table([{'metric': k, 'value': v} for k, v in tested.items()], ['metric', 'value']),
            '']

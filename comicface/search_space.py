@@ -102,23 +102,48 @@ def trial(config: ml_collections.ConfigDict, index: int, values: dict[str, Any],
   return Trial(name, values, c)
 
 
+def _ends(axis: tuple | Range) -> tuple:
+  """An axis's values, or a range's two ends: what every trial's check is made at."""
+  if not isinstance(axis, Range):
+    return axis
+  return (int(axis.low), int(axis.high)) if axis.kind == 'int_uniform' else (axis.low, axis.high)
+
+
+def _only_values(grid: dict[str, tuple | Range]) -> None:
+  """Raises ConfigError if an axis of `grid` is a range, which a grid cannot enumerate."""
+  ranged = [k for k, v in grid.items() if isinstance(v, Range)]
+  if ranged:
+    raise errors.ConfigError(f'config.grid.{ranged[0]} is a range, which a grid cannot enumerate: give values, '
+                             "or draw from it with config.search='random' (or 'halving', 'bayesian').")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks `config.grid` before anything is written: each axis names a config field and
-  holds values (or a range), each of which, set alone, gives a valid config. Raises
-  ConfigError naming the axis and the value."""
+  holds values (or a range), and every trial that a search may make of it is a valid config:
+  each combination of the axes' values, a range at either end, for every search ('grid',
+  'random', 'halving' and Hyperband's draws, TPE's asks). The model's fields are checked apart
+  from the rest (`models.validate`), so the combinations of the model's axes are checked with
+  the other axes at their first values, and the other way round. Raises ConfigError naming
+  the trial's values and what is wrong."""
   for dotted, axis in axes(config).items():
     if isinstance(axis, tuple) and not axis:
       raise errors.ConfigError(f'config.grid.{dotted} is empty: give it at least one value.')
-    if dotted == EPOCHS:
-      bad = [e for e in axis if not isinstance(e, int) or isinstance(e, bool) or e < 1]
-      if bad:
-        raise errors.ConfigError(f'config.grid.{dotted}={axis!r} is invalid: epoch counts must be integers >= 1.')
-      continue
-    for value in (axis.low, axis.high) if isinstance(axis, Range) else axis:
+    bad = dotted == EPOCHS and [e for e in axis if not isinstance(e, int) or isinstance(e, bool) or e < 1]
+    if bad:
+      raise errors.ConfigError(f'config.grid.{dotted}={axis!r} is invalid: epoch counts must be integers >= 1.')
+  trials, epochs = space(config), max(epochs_to_read(config))
+  if config.search == 'grid':
+    _only_values(trials)
+  first = {k: _ends(v)[0] for k, v in trials.items()}
+  model = [k for k in trials if k.startswith('model.')]
+  for group in (model, [k for k in trials if k not in model]):
+    for combination in itertools.product(*(_ends(trials[k]) for k in group)):
+      values = dict(zip(group, combination))
       try:
-        trial(config, 0, {dotted: value}, config.num_epochs)
+        trial(config, 0, {**first, **values}, epochs)
       except errors.ConfigError as e:
-        raise errors.ConfigError(f'config.grid.{dotted} holds {value!r}, which is invalid: {e}') from None
+        shown = ', '.join(f'{k}={v!r}' for k, v in values.items())
+        raise errors.ConfigError(f'config.grid makes a trial of {shown}, which is invalid: {e}') from None
 
 
 def epochs_to_read(config: ml_collections.ConfigDict) -> list[int]:
@@ -138,10 +163,7 @@ def has_ranges(config: ml_collections.ConfigDict) -> bool:
 def expand(config: ml_collections.ConfigDict) -> list[Trial]:
   """The grid's trials: the product of its axes."""
   grid = space(config)
-  ranged = [k for k, v in grid.items() if isinstance(v, Range)]
-  if ranged:
-    raise errors.ConfigError(f'config.grid.{ranged[0]} is a range, which a grid cannot enumerate: give values, '
-                             "or draw from it with config.search='random' (or 'halving', 'bayesian').")
+  _only_values(grid)
   epochs = max(epochs_to_read(config))
   return [trial(config, i, dict(zip(grid, combo)), epochs) for i, combo in enumerate(itertools.product(*grid.values()))]
 

@@ -51,12 +51,12 @@ def hyperparameters(config: ml_collections.ConfigDict) -> dict[str, float]:
 
 def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
   """What `Steps` is built from: the fields whose role is 'static' or 'speed'
-  (`configuration.ROLES`), `num_epochs` where a schedule decays over them, and whether
-  there is weight decay (its amount is a value). Configs equal in it share compiled steps."""
+  (`configuration.ROLES`), the epochs a schedule spans where it changes over them, and
+  whether there is weight decay (its amount is a value). Configs equal in it share
+  compiled steps."""
   fields = configuration.fields(config, 'static', 'speed')
-  if (config.schedule, config.warmup_epochs) != ('constant', 0):
-    fields.append('num_epochs')
-  return ml_collections.FrozenConfigDict({**configuration.subset(config, fields),
+  spans = {'schedule_epochs': optimizers.schedule_epochs(config)} if optimizers.scheduled(config) else {}
+  return ml_collections.FrozenConfigDict({**configuration.subset(config, fields), **spans,
                                           'weight_decay': config.weight_decay > 0})
 
 
@@ -224,13 +224,13 @@ def predict_step(state: State, images: jax.Array, *, model: nn.Module, chunk: in
 
 
 def resident_block(data: dict[str, jax.Array], epoch: dict[str, jax.Array], step: jax.Array, count: int,
-                   batch_size: int) -> dict[str, jax.Array]:
-  """The `count` batches that start at train step `step`, gathered from the resident `data`:
-  `epoch['order']` holds the epoch's positions in `data`, batch after batch, from its
-  step `epoch['first']` on."""
+                   batch_size: int, image_shape: tuple[int, ...]) -> dict[str, jax.Array]:
+  """The `count` batches that start at train step `step`, gathered from the resident `data`
+  (each image a flat row: feeds.flat): `epoch['order']` holds the epoch's positions in
+  `data`, batch after batch, from its step `epoch['first']` on."""
   start = (step - epoch['first']) * batch_size
   positions = jax.lax.dynamic_slice_in_dim(epoch['order'], start, count * batch_size).reshape(count, batch_size)
-  return {k: v[positions] for k, v in data.items()}
+  return {'image': data['image'][positions].reshape(count, batch_size, *image_shape), 'label': data['label'][positions]}
 
 
 class Steps:
@@ -273,11 +273,12 @@ class Steps:
 
     def train_resident(state, hparams, data, epoch, sums, count):
       step = jnp.ravel(state['step'])[0]  # every trial of a stack is at the same step
-      block = resident_block(data, epoch, step, count, batch_size)
+      block = resident_block(data, epoch, step, count, batch_size, image_shape)
       return train(state, hparams, jax.lax.with_sharding_constraint(block, self.blocks), sums)
 
     def eval_resident(state, images, positions, index):
-      return evaluate(state, jax.lax.with_sharding_constraint(images[positions[index]], self.data)), index + 1
+      batch = images[positions[index]].reshape(-1, *image_shape)
+      return evaluate(state, jax.lax.with_sharding_constraint(batch, self.data)), index + 1
     train_out = (self.state_sharding, self.state_sharding)
     self.init = jax.jit(init, out_shardings=self.state_sharding)
     self.train = jax.jit(train, out_shardings=train_out, donate_argnums=0)

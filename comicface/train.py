@@ -28,6 +28,7 @@ from comicface import checkpointing
 from comicface import errors
 from comicface import feeds
 from comicface import input_pipeline
+from comicface import logs
 from comicface import metrics
 from comicface import report
 from comicface import stats
@@ -42,14 +43,14 @@ TASK_FILE = 'task.json'
 def evaluate_split(steps: steps_lib.Steps, state: steps_lib.State, feed: feeds.Feed, classes: Sequence[str],
                    prefix: str) -> tuple[list[Record], np.ndarray]:
   """Every metric (metrics.py) of each member over every example of the feed's split
-  exactly once, named `<prefix>_<metric>`; and the class probabilities of each example
-  ([examples, classes], or [members, examples, classes]), in split order. The outputs
-  stay on the devices until the last batch."""
+  exactly once, named `<prefix>_<metric>`; and the float64 class probabilities of each
+  example (`metrics.probabilities`; [examples, classes], or [members, examples, classes]),
+  in split order. The outputs stay on the devices until the last batch."""
   n = feed.split.num_examples
   log_probs = np.asarray(jax.device_get(jnp.concatenate(list(feed.eval_outputs(steps, state)), axis=-2)))
   log_probs = log_probs[..., :n, :]
   records = [metrics.compute(feed.labels, member, classes, prefix) for member in log_probs.reshape(-1, n, len(classes))]
-  return records, np.exp(log_probs)
+  return records, metrics.probabilities(log_probs)
 
 
 def open_feeds(config: ml_collections.ConfigDict, builder: Any, steps: steps_lib.Steps,
@@ -110,6 +111,8 @@ class Run:
   members: list[Member]
   make_steps: StepsFactory | None = None  # for `drop`
   step: int = 0  # the steps taken: counted here, so that the loop never asks the devices
+  requests: actions_lib.Requests = actions_lib.Requests()  # what all processes take at this step (actions.Decide)
+  log_steps: logs.LogSteps | None = None  # which calls end at a log step (set by `setup`)
 
   @property
   def stacked(self) -> bool:
@@ -240,6 +243,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, members: Sequence[Mem
     for member in members:
       member.saved_step = run.step
     logging.info('%s: resumed from step %d (after epoch %d).', members[0].folder, run.step, run.epoch)
+  run.log_steps = logs.LogSteps(config.log_every_steps, run.step)
   per_model = sum(x.size for x in jax.tree.leaves(run.member_state(0)['params']))
   logging.info('%s: %d parameters per model, %d member(s); %d train / %d validation examples, %s; %d step(s) '
                'per call.', workdir, per_model, len(members), train.split.num_examples,
@@ -258,8 +262,9 @@ def train_epoch(run: Run, actions: Sequence[actions_lib.Action]) -> steps_lib.Me
   for taken, call in run.train.train_calls(run.steps, run.config.seed, epoch, start):
     run.state, sums = call(run.state, run.hparams, sums)
     run.step += taken
+    at_log = run.log_steps.due(run.step)
     for action in actions:
-      action.after_steps(run, sums, taken)
+      action.after_steps(run, sums, at_log)
   return sums
 
 
@@ -350,14 +355,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   finally:
     run.close()
   member = run.members[0]
-  chosen = next(r for r in member.history if r['step'] == step)
-  results = {**test_record, 'tested_step': step, 'best_epoch': chosen['epoch'], 'best_step': step,
-             'best_val_accuracy': chosen['val_accuracy'], 'best_val_loss': chosen['val_loss'],
+  tested = next(r for r in member.history if r['step'] == step)
+  best = max(member.history, key=lambda r: checkpointing.rank(r, config.best_by))  # tested unless test_checkpoint='last'
+  results = {**test_record, 'tested_step': step, 'tested_epoch': tested['epoch'], 'best_epoch': best['epoch'],
+             'best_step': best['step'], 'best_val_accuracy': best['val_accuracy'], 'best_val_loss': best['val_loss'],
              'stopped_early': member.stopped, 'history': member.history, 'config': config.to_dict()}
   if jax.process_index() == 0:
     workdirs.write_json(results_path, results)
     np.save(pathlib.Path(workdir) / 'test_predictions.npy', probs)  # [example, class], test split order
     report.write(workdir, results, test_split, probs, read_task(workdir).classes)
   logging.info('Test accuracy of checkpoint step %d (epoch %d): %.4f on %d images.', step,
-               results['best_epoch'], results['test_accuracy'], results['num_test_examples'])
+               results['tested_epoch'], results['test_accuracy'], results['num_test_examples'])
   return results

@@ -139,11 +139,17 @@ def file_system_now(directory: pathlib.Path) -> float:
 _HELD: set[Hold] = set()  # the holds this process holds now
 
 
-def raise_if_hold_lost() -> None:
-  """Raises HoldLostError if a hold this process holds could not write its heartbeat."""
-  lost = next((hold.lost for hold in list(_HELD) if hold.lost), None)
-  if lost:
-    raise HoldLostError(f'{lost} This run stops, so that no other run trains in its place at the same '
+def hold_lost() -> str | None:
+  """Why a hold of this process could not write its heartbeat; None where none was lost."""
+  return next((hold.lost for hold in list(_HELD) if hold.lost), None)
+
+
+def raise_if_hold_lost(lost: bool | None = None) -> None:
+  """Raises HoldLostError if a hold this process holds could not write its heartbeat, or
+  where `lost` says one of another process could not (`actions.agree`)."""
+  reason = hold_lost() or (lost and 'A hold of another process on its workdir could not write its heartbeat.')
+  if reason:
+    raise HoldLostError(f'{reason} This run stops, so that no other run trains in its place at the same '
                         'time; its checkpoints are kept: rerun to resume.')
 
 
@@ -160,7 +166,7 @@ class Hold:
   With `wait` seconds, a holder whose heartbeat is still fresh (a job requeued right after
   a kill, on another node) is watched until it beats (alive: refused) or goes stale (dead:
   taken over, with a warning), as is a lock held beyond that (a dead client's lease).
-  A heartbeat that cannot be written is recorded: `raise_if_hold_lost` stops the run.
+  A heartbeat that cannot be written is recorded (`hold_lost`): the run stops.
   """
 
   def __init__(self, directory: str, wait: float = 0.0):
@@ -200,7 +206,14 @@ class Hold:
         f'{self.path.parent} is in use by another run: {who} ({holder.get("command", "?")}). '
         'Wait for it to finish or stop it: two runs on one workdir would write the same checkpoints.')
 
+  def _give_up(self) -> None:
+    """Closes the hold file, not held."""
+    os.close(self._fd)
+    self._fd = None
+
   def __enter__(self) -> Hold:
+    """Takes the hold, waiting where the holder may be dead (`wait`); raises WorkdirBusyError
+    where it lives, and actions.Preempted on SIGTERM while waiting (`actions.handle_sigterm`)."""
     if jax.process_index() != 0:  # the other processes of a multi-process run share process 0's hold
       return self
     self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,15 +232,19 @@ class Hold:
       if locked:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
       if verdict == 'alive' or time.monotonic() >= deadline:
-        os.close(self._fd)
-        self._fd = None
+        self._give_up()
         raise self._refuse(holder)
       if not told:
         logging.warning('%s is held by pid %s on %s, whose heartbeat is fresh: waiting up to %.0f s for it to '
                         'beat (alive) or go stale (dead).', self.path.parent, holder.get('pid'), holder.get('host'),
                         self.wait)
         told = True
-      time.sleep(min(HEARTBEAT_SECONDS / 4, max(0.0, deadline - time.monotonic())))
+      from comicface import actions  # pylint: disable=g-import-not-at-top  (it imports this module)
+      if actions.preempted_within(min(HEARTBEAT_SECONDS / 4, max(0.0, deadline - time.monotonic()))):
+        self._give_up()
+        logging.warning('Stopped while waiting for the hold of %s (SIGTERM); rerun the same command to go on.',
+                        self.path.parent)
+        raise actions.Preempted
     if holder:
       logging.warning('Taking over %s from a run that ended without releasing it (pid %s on %s, '
                       'started %s).', self.path.parent, holder.get('pid'), holder.get('host'), holder.get('started'))

@@ -31,6 +31,7 @@ def experiment() -> ml_collections.ConfigDict:
   c.grad_clip_norm = 0.0   # clip the gradient to this global norm (0: off)
   c.schedule = 'constant'  # 'constant', or 'cosine' / 'linear' decay to 0 at the last step
   c.warmup_epochs = 0.0    # a linear warm-up from 0 over these epochs first
+  c.schedule_epochs = 0    # the epochs the schedule spans (0: num_epochs); a retrained winner takes its trial's
   c.batch_size = 32     # global, across all devices and processes
   c.num_epochs = 4
   c.augment_hflip = False  # mirror a random half of each training batch

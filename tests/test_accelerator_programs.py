@@ -1,6 +1,8 @@
 """The programs a GPU or TPU would run, checked from a CPU: each model's train, eval and
 predict steps (single and stacked, streamed and resident) as 'auto' builds them for an
 accelerator lower with jax.export for ('cuda', 'tpu'), and no CPU kernel reaches them."""
+import math
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -32,7 +34,8 @@ def programs(config, platform: str, stacked: bool) -> dict[str, str]:
   images = lambda *lead, sharding: spec((*lead, *task.image_shape), jnp.uint8, sharding)
   sums = with_sharding(jax.eval_shape(lambda: steps.put_sums(trials)), steps.state_sharding)
   block = {'image': images(k, b, sharding=steps.blocks), 'label': spec((k, b), jnp.int32, steps.blocks)}
-  data = {'image': images(n, sharding=steps.replicated), 'label': spec((n,), jnp.int32, steps.replicated)}
+  data = {'image': spec((n, math.prod(task.image_shape)), jnp.uint8, steps.replicated),  # as resident: flat rows
+          'label': spec((n,), jnp.int32, steps.replicated)}
   index = spec((), jnp.int32, steps.replicated)
   calls = {'train': (steps.train, state, hparams, block, sums),
            'train_resident': (lambda s, h, d, e, m: steps.train_resident(s, h, d, e, m, k), state, hparams, data,

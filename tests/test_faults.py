@@ -9,6 +9,7 @@ import pathlib
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -164,7 +165,8 @@ def test_a_bad_grid_value_writes_nothing_and_the_corrected_command_runs(tmp_path
   workdir = tmp_path / 'w'
   bad = run_main(workdir, '--config.grid.model.filters_1=(8, -1)', base=grid)
   assert bad.returncode == 1 and 'Traceback' not in bad.stderr
-  assert 'ConfigError: config.grid.model.filters_1 holds -1, which is invalid' in bad.stderr
+  assert 'ConfigError: config.grid makes a trial of model.dropout_rate=0.5, model.filters_1=-1, model.filters_2=4, ' \
+         'which is invalid: config.model.filters_1=-1 is invalid: must be >= 1.' in bad.stderr
   assert not workdir.exists()  # neither the workdir nor the stand-in
   good = run_main(workdir, '--config.grid.model.filters_1=(8,)', base=grid)
   assert good.returncode == 0 and (workdir / 'results.json').exists(), good.stderr[-3000:]
@@ -173,7 +175,6 @@ def test_a_bad_grid_value_writes_nothing_and_the_corrected_command_runs(tmp_path
 def test_any_config_takes_a_grid_axis_by_override():
   """configs/resnet.py has no grid: --config.grid.learning_rate adds one, as the README says
   (main.py's own parsing, then the search's trials)."""
-  import sys  # pylint: disable=g-import-not-at-top
   script = ('import json, sys\nimport main\nfrom comicface import search_space\n'
             'main.parse_flags(sys.argv)\nsearch_space.validate(main.FLAGS.config)\n'
             'print(json.dumps([t.config.learning_rate for t in search_space.expand(main.FLAGS.config)]))\n')
@@ -199,6 +200,38 @@ def test_a_requeued_run_waits_for_a_fresh_heartbeat_to_go_stale(tmp_path):
   r = run_main(workdir, '--config.num_epochs=2', env={'COMICFACE_HEARTBEAT_SECONDS': '3'})  # stale after 12 s
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'whose heartbeat is fresh: waiting' in r.stderr and 'Taking over' in r.stderr
+
+
+def test_sigterm_ends_a_runs_wait_for_the_workdirs_hold(tmp_path):
+  """A second process holds the workdir's lock, its heartbeat an hour old (a dead client's
+  lease, or a holder not yet seen to beat): a run waits for it, up to 150 s; SIGTERM ends the
+  wait at once, exit 0 with a line saying so, and the hold stays the holder's."""
+  workdir = tmp_path / 'w'
+  script = ('import sys, time\nfrom comicface import workdir\nworkdir.Hold(sys.argv[1]).__enter__()\n'
+            'print("held", flush=True)\ntime.sleep(600)\n')
+  holder = subprocess.Popen([sys.executable, '-c', script, str(workdir)], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            env={**os.environ, 'COMICFACE_HEARTBEAT_SECONDS': '1000'})  # it will not beat
+  waiting = None
+  try:
+    assert holder.stdout.readline() == 'held\n'
+    hold = workdir / workdirs.HOLD_FILE
+    an_hour_ago = time.time() - 3600
+    os.utime(hold, (an_hour_ago, an_hour_ago))
+    waiting = subprocess.Popen(main_cmd(workdir), cwd=ROOT, text=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    seen = wait_for(waiting, 'waiting up to 150 s')
+    assert f'held by pid {holder.pid}' in seen  # the premise: it waits for the second process
+    waiting.send_signal(signal.SIGTERM)
+    _, rest = waiting.communicate(timeout=60)  # well before the wait's end
+    assert waiting.returncode == 0, (seen + rest)[-3000:]
+    assert f'Stopped while waiting for the hold of {workdir} (SIGTERM)' in rest and 'Traceback' not in rest
+    assert json.loads(hold.read_text())['pid'] == holder.pid and holder.poll() is None
+    assert [p.name for p in workdir.iterdir()] == [workdirs.HOLD_FILE]  # nothing else was written
+  finally:
+    for proc in (holder, waiting):
+      if proc:
+        proc.kill()
+        proc.wait()
 
 
 def test_a_live_holder_on_another_host_is_refused_once_seen_to_beat(tmp_path, monkeypatch):

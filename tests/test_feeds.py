@@ -60,64 +60,84 @@ def test_resident_and_streamed_runs_are_bitwise_equal(name, stacked, tmp_path):
 
 class Transfers:
   """Counts pulls from the devices (every conversion of a jax.Array to numpy goes through
-  `ArrayImpl._value`) and explicit puts, while the test's patches are in place."""
+  `ArrayImpl._value`), waits for them (`block_until_ready`) and explicit puts, while the
+  test's patches are in place."""
 
   def __init__(self, monkeypatch):
-    self.pulls = self.puts = 0
+    self.pulls = self.puts = self.waits = 0
     value = jax_array.ArrayImpl._value
 
     def pull(array):
       self.pulls += 1
       return value.fget(array)
     monkeypatch.setattr(jax_array.ArrayImpl, '_value', property(pull))
+    monkeypatch.setattr(jax_array.ArrayImpl, 'block_until_ready',
+                        self._counted(jax_array.ArrayImpl.block_until_ready, 'waits'))
+    monkeypatch.setattr(jax, 'block_until_ready', self._counted(jax.block_until_ready, 'waits'))
     for name in ('device_put', 'make_array_from_process_local_data'):
-      monkeypatch.setattr(jax, name, self._counted(getattr(jax, name)))
+      monkeypatch.setattr(jax, name, self._counted(getattr(jax, name), 'puts'))
 
-  def _counted(self, put):
+  def _counted(self, function, counter):
     def counted(*args, **kwargs):
-      self.puts += 1
-      return put(*args, **kwargs)
+      setattr(self, counter, getattr(self, counter) + 1)
+      return function(*args, **kwargs)
     return counted
+
+  @property
+  def syncs(self) -> int:
+    return self.pulls + self.waits
 
 
 class Record(actions.Action):
-  """After each block (and the standard actions), the step and the transfers so far."""
+  """After each block (and the standard actions), the step, whether it ended at a log step,
+  and the transfers so far."""
 
   def __init__(self, transfers):
     self.transfers, self.seen = transfers, []
 
-  def after_steps(self, run, sums, taken):
-    self.seen.append((run.step, taken, self.transfers.pulls, self.transfers.puts))
+  def after_steps(self, run, sums, at_log):
+    self.seen.append((run.step, at_log, self.transfers.syncs, self.transfers.puts))
 
 
-def test_an_epoch_on_resident_data_moves_nothing_between_log_steps(tmp_path, monkeypatch):
-  config = tiny_config(num_epochs=2, log_every_steps=3)
+GPU_MLP = {'speed.kernels': 'xla', 'dataset.synthetic_pairs': 160, 'dataset.synthetic_size': 24, 'batch_size': 1,
+           'log_every_steps': 50}  # what a GPU gets: Flax's layers, and 'auto' steps per call (32)
+
+
+@pytest.mark.parametrize('name, config, per_call', [
+    ('cnn', lambda: tiny_config(num_epochs=2, log_every_steps=3), 1),
+    ('mlp_as_on_a_gpu', lambda: override(mlp.get_config('runlocal'), num_epochs=1, **GPU_MLP), 32)])
+def test_an_epoch_on_resident_data_syncs_only_at_log_steps(name, config, per_call, tmp_path, monkeypatch):
+  """Between an epoch's start and its end, nothing is put on the devices and the host waits
+  for them (a pull or a block_until_ready) only at log steps: at most one wait per
+  `log_every_steps`, at call boundaries, each at least that many steps after the last."""
+  config = config()
   run = train.setup(config, str(tmp_path))
-  assert run.train.resident and run.steps_per_epoch >= 6  # the premise: resident, several log steps
+  calls = run.steps_per_epoch // run.steps.steps_per_call
+  assert run.train.resident and run.steps.steps_per_call == per_call and calls >= 6  # the premise
   transfers = Transfers(monkeypatch)
   jax.device_get(run.state['step'])  # the counter counts a pull...
-  assert transfers.pulls == 1
+  run.state['step'].block_until_ready()  # ...and a wait...
   jax.device_put(np.zeros(2))        # ...and a put
-  assert transfers.puts == 1
-  standard = actions.standard(run)
+  assert (transfers.pulls, transfers.waits, transfers.puts) == (1, 1, 1)
   record = Record(transfers)
   with jax.transfer_guard_host_to_device('disallow'):  # and no implicit transfer anywhere in the epoch
-    train.train_epoch(run, [*standard, record])
+    train.train_epoch(run, [*actions.standard(run), record])
   run.close()
-  progress = standard[0].progress
-  first_step, _, first_pulls, first_puts = record.seen[0]
+  first_step, first_log, first_syncs, first_puts = record.seen[0]
   assert first_puts - 1 == 3  # before its first step, once an epoch: its order, first step and zero sums
-  assert first_pulls - 1 == (1 if progress.due(first_step) else 0)
-  quiet = due = 0
-  for (step, taken, pulls, puts), (_, _, pulls_before, puts_before) in zip(record.seen[1:], record.seen):
-    assert puts == puts_before, f'a put between steps {step - taken} and {step}'
-    if progress.due(step, taken):
-      due += 1
-      assert pulls > pulls_before  # the log line pulled its metrics
+  assert (first_syncs > 2) == first_log
+  logged, quiet = [], 0
+  for (step, at_log, syncs, puts), (_, _, syncs_before, puts_before) in zip(record.seen[1:], record.seen):
+    assert puts == puts_before, f'a put before step {step}'
+    if at_log:
+      logged.append(step)
+      assert syncs > syncs_before  # the log line pulled its metrics
     else:
       quiet += 1
-      assert pulls == pulls_before, f'a pull at step {step}, not a log step'
-  assert quiet >= 3 and due >= 1  # the premise: both kinds of block were seen
+      assert syncs == syncs_before, f'a sync at step {step}, not a log step'
+  gaps = np.diff([first_step if first_log else 0, *logged])
+  assert all(gaps >= config.log_every_steps) and len(logged) <= run.steps_per_epoch // config.log_every_steps
+  assert quiet >= 2 and logged  # the premise: both kinds of block were seen
 
 
 @pytest.mark.parametrize('n', [1, 2, 3, 50, 1000, 65537, 70001])

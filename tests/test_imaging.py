@@ -6,6 +6,7 @@ from PIL import Image
 import pytest
 
 from comicface import imaging
+from comicface import preprocess
 from comicface import synthetic
 
 
@@ -52,20 +53,23 @@ def test_jpeg_draft_matches_full_decode():
     assert np.abs(fast[..., 0] - slow).mean() < 1.0
 
 
-@pytest.mark.parametrize('size, mode', [(128, 'L'), (24, 'RGB'), (100, 'L')])
-def test_turbo_path_matches_pillow(size, mode):
-  """Plain JPEGs decode through libjpeg-turbo with the same pixels as Pillow's path."""
-  for data in synthetic.render_pair(seed=0, index=1, size=1000):
-    arr = imaging._decode_turbo(data, size, mode)
+@pytest.mark.parametrize('source, size, mode', [
+    (1000, 128, 'L'), (1000, 24, 'RGB'), (1000, 100, 'L'),
+    (1000, 300, 'RGB'), (512, 400, 'L'), (700, 200, 'L')])  # libjpeg-turbo alone would scale by 3/8, 7/8, 3/8
+def test_turbo_path_matches_pillow(source, size, mode):
+  """Plain JPEGs decode through libjpeg-turbo with the same pixels as Pillow's path (the
+  exported preprocess.py without simplejpeg), at Pillow's DCT scale."""
+  for data in synthetic.render_pair(seed=0, index=1, size=source):
+    arr = preprocess._decode_turbo(data, size, mode)
     assert arr is not None
-    np.testing.assert_array_equal(arr, np.asarray(imaging._decode_pil(data, size, mode)).reshape(arr.shape))
+    np.testing.assert_array_equal(arr, np.asarray(preprocess._decode_pil(data, size, mode)).reshape(arr.shape))
 
 
 def test_exact_dct_scale_skips_the_resize_with_the_same_pixels():
   """1024 px at 1/8 scale is already 128 px: load_image returns the decoder's pixels, as
   Pillow's crop and Lanczos resize to an unchanged size would."""
   for data in synthetic.render_pair(seed=0, index=1, size=1024):
-    pil = imaging._decode_pil(data, 128, 'L')
+    pil = preprocess._decode_pil(data, 128, 'L')
     assert pil.size == (128, 128)
     np.testing.assert_array_equal(imaging.load_image(data, 128, 'L')[..., 0],
                                   np.asarray(pil.crop((0, 0, 128, 128)).resize((128, 128), Image.LANCZOS)))
@@ -78,7 +82,7 @@ def test_exact_dct_scale_skips_the_resize_with_the_same_pixels():
     encode(Image.new('RGB', (64, 64), RED), 'JPEG')[:300],  # truncated
 ], ids=['png', 'cmyk', 'exif', 'truncated'])
 def test_turbo_path_leaves_the_rest_to_pillow(data):
-  assert imaging._decode_turbo(data, 16, 'RGB') is None
+  assert preprocess._decode_turbo(data, 16, 'RGB') is None
 
 
 def test_exif_orientation_is_applied():

@@ -142,3 +142,24 @@ def test_a_halving_survivor_keeps_its_place_on_its_cosine_schedule(tmp_path):
     (step_a, a), (step_b, b) = final_params(tmp_path / 'halving' / 'trials' / name), final_params(tmp_path / name)
     assert step_a == step_b
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5), a, b)
+
+
+@pytest.mark.parametrize('schedule, warmup, selected', [('cosine', 0.0, 2), ('linear', 2.0, 1)],
+                         ids=['cosine_selected_before_its_end', 'warmup_longer_than_the_selected_epoch'])
+def test_a_retrained_winner_is_its_trial_at_the_selected_epoch(schedule, warmup, selected, tmp_path):
+  """A trial of 3 epochs selected at an earlier epoch, retrained on its own training split
+  (search.results.retrain_config): bitwise its checkpoint at that epoch, the learning rate
+  followed at every step (a warm-up that outlasts the selected epoch included)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from comicface.search import results  # pylint: disable=g-import-not-at-top
+  trial = tiny_config(num_epochs=3, schedule=schedule, warmup_epochs=warmup, keep_checkpoints=3)
+  history = train.train_and_evaluate(trial, str(tmp_path / 'trial'))['history']
+  retrained = train.train_and_evaluate(results.retrain_config(trial, selected, ('train',)), str(tmp_path / 'final'))
+  step = history[selected - 1]['step']
+  assert retrained['tested_step'] == step and retrained['history'] == history[:selected]
+  with ocp.StandardCheckpointer() as checkpointer:
+    states = [checkpointer.restore(tmp_path / folder / 'checkpoints' / str(step) / 'state') for folder in ('trial', 'final')]
+  leaves = jax.tree_util.tree_flatten_with_path(states[0])[0]
+  assert len(leaves) > 5
+  for (path, a), b in zip(leaves, jax.tree.leaves(states[1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import comicface
-from comicface import actions, checkpointing, configuration, errors, search, search_space, train
+from comicface import actions, app, checkpointing, configuration, errors, search, search_space, train
 from comicface.search import plans
 from configs import cnn_grid
 from conftest import ROOT, override, tiny_config
@@ -57,6 +57,28 @@ def test_bad_ranges_are_named(spec):
   config.grid.learning_rate = spec
   with pytest.raises(errors.ConfigError, match=r'config.grid.learning_rate=.* is invalid'):
     search_space.axes(config)
+
+
+@pytest.mark.parametrize('kind, momentum', [('grid', (0.0, 0.9)), ('halving', (0.0, 0.9)),
+                                            ('bayesian', 'uniform(0, 0.9)')])
+def test_values_valid_alone_but_not_together_are_refused_before_anything_is_written(tmp_path, capsys, kind, momentum):
+  """optimizer sgd or adam, momentum 0 to 0.9: each value is valid alone, adam with momentum is
+  not. The grid, Hyperband (whose draws would meet it only as they are drawn) and TPE (a range's
+  end) are refused in one message before the workdir, the plan or the stand-in exist."""
+  config = tiny_search(kind, **{'halving.brackets': 2})
+  config.grid = ml_collections.ConfigDict({'optimizer': ('sgd', 'adam'), 'momentum': momentum})
+  for optimizer, value in (('sgd', 0.9), ('adam', 0.0)):  # the premise: each value alone is valid
+    configuration.validate(override(tiny_config(), optimizer=optimizer, momentum=value))
+  if kind == 'halving':  # the premise: Hyperband's draws include the invalid pair, which it used to meet late
+    with pytest.raises(errors.ConfigError):
+      for i in range(20):
+        search_space.draw(config, i, stream=1)
+  workdir = tmp_path / 'w'
+  assert app.run(config, str(workdir)) == 1
+  message = [line for line in capsys.readouterr().err.splitlines() if 'Error' in line]
+  assert len(message) == 1 and message[0].startswith("ConfigError: config.grid makes a trial of momentum=0.9, "
+                                                     "optimizer='adam', which is invalid: config.momentum=0.9"), message
+  assert not workdir.exists()
 
 
 @pytest.mark.parametrize('max_epochs, min_epochs, factor, rungs', [
@@ -229,16 +251,30 @@ def test_raising_the_budget_continues_a_random_search(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec('optuna') is None, reason='needs the search extra (optuna)')
-def test_a_bayesian_search_of_two_batches_asks_the_same_again(tmp_path):
-  """Ranked by ROC AUC (config.best_by), which the asking, the table and the report follow."""
-  config = tiny_search('bayesian', num_trials=4, bayesian_batch=2, num_epochs=2, best_by='val_roc_auc')
+def test_a_bayesian_search_of_two_batches_asks_the_same_again(tmp_path, monkeypatch):
+  """TPE is asked to optimise config.best_by: here to minimise the validation loss, told each
+  earlier trial's best val_loss (not its accuracy). A rerun asks the same trials again."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  studies, create = [], optuna.create_study
+
+  def keep(*args, **kwargs):  # Optuna's own study, kept to read what it was asked
+    studies.append(create(*args, **kwargs))
+    return studies[-1]
+  monkeypatch.setattr(optuna, 'create_study', keep)
+  config = tiny_search('bayesian', num_trials=4, bayesian_batch=2, num_epochs=2, best_by='val_loss')
   config.grid = ml_collections.ConfigDict({'learning_rate': 'log_uniform(1e-3, 3e-2)',
                                            'model': {'dropout_rate': (0.0, 0.5)}})
   results = search.run(config, str(tmp_path))
   assert [t['trial'][:3] for t in results['trials']] == ['000', '001', '002', '003']
   for t in results['trials']:
     assert 1e-3 <= t['learning_rate'] <= 3e-2 and t['model.dropout_rate'] in (0.0, 0.5)
-    assert 0.0 <= t['val_roc_auc'] <= 1.0
+  assert len(studies) == 2 and all(s.direction == optuna.study.StudyDirection.MINIMIZE for s in studies)
+  told = studies[1].get_trials(states=(optuna.trial.TrialState.COMPLETE,))  # the first batch, told to the second
+  rows = {(t['learning_rate'], t['model.dropout_rate']): t for t in results['trials']}
+  assert len(told) == 2
+  for t in told:
+    row = rows[t.params['learning_rate'], t.params['model.dropout_rate']]
+    assert t.value == row['val_loss'] != row['val_accuracy']  # the trial's best val_loss
   assert (tmp_path / 'report.md').exists()
   (tmp_path / 'results.json').unlink()  # rerun: every trial is done, so only the asking happens again
   again = search.run(config, str(tmp_path))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from comicface import report, stats
+from comicface import metrics, report, stats
 
 
 def test_wilson_interval():
@@ -17,6 +17,32 @@ def test_wilson_interval():
 def test_confusion_counts_true_by_predicted():
   m = report.confusion(np.array([0, 0, 1, 1, 1, 2]), np.array([0, 1, 1, 0, 1, 1]), 3)
   assert m.tolist() == [[1, 1, 0], [1, 2, 0], [0, 1, 0]]
+
+
+def log_softmax32(logits: np.ndarray) -> np.ndarray:
+  """Class log-probabilities in float32, computed as the model computes them."""
+  z = np.asarray(logits, np.float32) - np.max(logits, -1, keepdims=True).astype(np.float32)
+  return z - np.log(np.sum(np.exp(z), -1, keepdims=True))
+
+
+@pytest.mark.parametrize('labels, log_probs', [
+    ([1, 0, 0], np.log(np.array([[1e-9, 1 - 1e-9], [1e-8, 1 - 1e-8], [0.5, 0.5]])).astype(np.float32)),
+    # a confident model: P(face) rounds to 1 in float32 for most; a few tied log-odds
+    (np.random.default_rng(0).integers(0, 2, 200),
+     log_softmax32(np.c_[np.zeros(200), np.random.default_rng(1).integers(-5, 40, 200)])),
+], ids=['issue', 'confident'])
+def test_the_roc_curve_has_the_area_of_the_auc(labels, log_probs):
+  """The report's curve (metrics.roc_curve of the probabilities evaluation gives) ranks the
+  examples as roc_auc does: its area is the AUC, where float32 probabilities would tie."""
+  labels = np.asarray(labels)
+  probs = metrics.probabilities(log_probs)
+  assert probs.dtype == np.float64
+  assert (np.exp(log_probs[:, 1]) == 1).sum() >= 2  # the premise: float32 probabilities tie at 1
+  auc = metrics.roc_auc(labels, log_probs, ('comic', 'face'))
+  fpr, tpr = metrics.roc_curve(labels, probs)
+  assert np.trapezoid(tpr, fpr) == pytest.approx(auc, abs=1e-12)
+  if len(labels) == 3:
+    assert auc == 1.0
 
 
 @pytest.mark.parametrize('only_a, only_b, p', [

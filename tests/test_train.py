@@ -65,7 +65,7 @@ def test_evaluate_reproduces_test_accuracy(trained):
   assert evaluation['loss'] == pytest.approx(results['test_loss'], rel=1e-6)
   assert evaluation['num_examples'] == results['num_test_examples']
   saved = json.loads((pathlib.Path(workdir) / 'evaluations' / 'own-test.json').read_text())
-  assert saved['step'] == results['best_step'] and saved['accuracy'] == results['test_accuracy']
+  assert saved['step'] == results['tested_step'] and saved['accuracy'] == results['test_accuracy']
   assert sum(map(sum, saved['confusion'])) == results['num_test_examples']
   assert saved['errors'] == round((1 - results['test_accuracy']) * results['num_test_examples'])
 
@@ -78,7 +78,7 @@ def test_evaluate_other_step_and_split(trained):
   out = inference.load(workdir, step=first).evaluate(split='validation')
   record = next(h for h in results['history'] if h['step'] == first)
   assert out['accuracy'] == pytest.approx(record['val_accuracy'])
-  suffix = '' if first == results['best_step'] else f'-step{first}'  # the tested checkpoint is the default
+  suffix = '' if first == results['tested_step'] else f'-step{first}'  # the tested checkpoint is the default
   assert (pathlib.Path(workdir) / 'evaluations' / f'own-validation{suffix}.json').exists()
   with pytest.raises(inference.NoCheckpointError, match='no checkpoint at step 12345'):
     inference.load(workdir, step=12345)
@@ -143,14 +143,14 @@ def test_bad_config_fails_before_any_work(tmp_path, override, message):
   assert not workdir.exists()
 
 
-@pytest.mark.parametrize('taken, logged', [(1, [20, 40, 60, 80, 100]), (3, [21, 42, 60, 81, 100]),
-                                           (32, [32, 64, 96, 100])])
-def test_progress_logs_once_per_interval_whatever_the_block(taken, logged):
-  """Every 20 steps, 100 in all, taken `taken` at a time: a line after each block that
-  passes a multiple of 20, and after the last."""
-  progress = logs.Progress(total_steps=100, global_batch=8, every=20)
+@pytest.mark.parametrize('taken, logged', [(1, [20, 40, 60, 80, 100]), (3, [21, 42, 63, 84]),
+                                           (32, [32, 64, 96]), (8, [24, 48, 72, 96]), (50, [50, 100])])
+def test_log_steps_fall_on_calls_at_most_once_per_interval(taken, logged):
+  """Every 20 steps, 100 in all, taken `taken` at a time: a log step at the first call that
+  ends 20 or more steps after the last."""
+  log_steps = logs.LogSteps(every=20, start=0)
   ends = list(range(taken, 100, taken)) + [100]
-  assert [e for s, e in zip([0] + ends, ends) if progress.due(e, e - s)] == logged
+  assert [e for e in ends if log_steps.due(e)] == logged
 
 
 @pytest.mark.slow
@@ -196,6 +196,25 @@ def test_seldom_checkpoints_still_test_the_best_epoch(trained, tmp_path):
   assert every_epoch['best_step'] != every_epoch['history'][-1]['step']  # the premise: the best was held, not last
 
 
+def test_testing_the_last_epoch_says_which_epoch_was_tested_and_which_was_best(trained, tmp_path):
+  """With test_checkpoint='last', results.json and the report name the last epoch as tested
+  and the best by best_by as best, as the run that tests the best does."""
+  _, _, best_run = trained
+  results = train.train_and_evaluate(tiny_config(num_epochs=5, test_checkpoint='last'), str(tmp_path))
+  assert results['history'] == best_run['history']  # the same training
+  last = results['history'][-1]
+  assert best_run['best_step'] != last['step']  # the premise: the best epoch is not the last
+  assert (results['tested_step'], results['tested_epoch']) == (last['step'], 5)
+  assert (best_run['tested_step'], best_run['tested_epoch']) == (best_run['best_step'], best_run['best_epoch'])
+  for key in ('best_epoch', 'best_step', 'best_val_accuracy', 'best_val_loss'):
+    assert results[key] == best_run[key], key
+  best = next(h for h in results['history'] if h['epoch'] == results['best_epoch'])
+  assert best['step'] == results['best_step'] and best['val_accuracy'] == max(h['val_accuracy'] for h in results['history'])
+  assert (f'Checkpoint tested: step {last["step"]}, epoch 5. Best epoch by val_accuracy: {best["epoch"]} '
+          f'(validation accuracy {best["val_accuracy"]:.4f}') in (tmp_path / 'report.md').read_text()
+  assert inference.load(str(tmp_path)).step == last['step']
+
+
 def test_evaluate_gives_every_metric_of_the_training_runs_test(trained):
   _, workdir, results = trained
   evaluation = inference.load(workdir).evaluate()
@@ -207,28 +226,48 @@ def test_evaluate_gives_every_metric_of_the_training_runs_test(trained):
 
 def test_a_metric_added_in_one_function_reaches_the_results_and_the_report(tmp_path):
   """A metric registered in metrics.py's way (here from the test) is in every record,
-  results.json, the report and evaluate's output, and early stopping may monitor it."""
+  results.json, the report and evaluate's output, and early stopping monitors it in the sense
+  it was registered with: the Brier score falling every epoch is improving (lower is better),
+  and the run goes on; the same numbers registered as a score (higher is better) are
+  worsening, and the run stops after its second epoch."""
   from comicface import metrics  # pylint: disable=g-import-not-at-top
 
-  @metrics.metric('brier', higher_is_better=False)
   def brier(labels, log_probs, classes):
     probs = np.exp(log_probs)
     return float(np.mean(np.sum((probs - np.eye(len(classes))[labels]) ** 2, -1)))
+  metrics.metric('brier', higher_is_better=False)(brier)
+  metrics.metric('brier_as_score', higher_is_better=True)(brier)
   try:
-    config = tiny_config(num_epochs=2)
+    config = tiny_config(num_epochs=3)
     config.early_stopping.monitor = 'val_brier'  # 'auto' mode: lower is better, as registered
-    results = train.train_and_evaluate(config, str(tmp_path))
+    results = train.train_and_evaluate(config, str(tmp_path / 'lower'))
+    falling = [h['val_brier'] for h in results['history']]
+    assert len(falling) == 3 and falling == sorted(falling, reverse=True)  # the premise: it improved every epoch
+    assert not results['stopped_early']
     assert 0 <= results['test_brier'] <= 2 and all('val_brier' in h for h in results['history'])
-    assert 'brier' in (tmp_path / 'report.md').read_text()
-    assert inference.load(str(tmp_path)).evaluate()['metrics']['brier'] == pytest.approx(results['test_brier'])
+    assert 'brier' in (tmp_path / 'lower' / 'report.md').read_text()
+    assert inference.load(str(tmp_path / 'lower')).evaluate()['metrics']['brier'] == pytest.approx(results['test_brier'])
+    config.early_stopping.monitor = 'val_brier_as_score'  # higher is better: the same fall is a worsening
+    stopped = train.train_and_evaluate(config, str(tmp_path / 'higher'))
+    assert stopped['stopped_early'] and [h['val_brier_as_score'] for h in stopped['history']] == falling[:2]
   finally:
-    del metrics.METRICS['brier']
+    for name in ('brier', 'brier_as_score'):
+      del metrics.METRICS[name]
 
 
-def test_a_record_name_is_known_only_as_its_metric_writes_it():
-  """best_by and early_stopping.monitor take the names the records have: a per-class metric
-  with its class ('val_class_accuracy_face'), the others without a suffix."""
-  from comicface import metrics  # pylint: disable=g-import-not-at-top
-  assert all(map(metrics.known, ['val_loss', 'val_roc_auc', 'val_class_accuracy_face']))
-  assert not any(map(metrics.known, ['val_class_accuracy', 'val_accuracy_face', 'val_nothing']))
+def test_a_record_name_is_known_only_as_its_metric_writes_it(tmp_path):
+  """best_by and early_stopping.monitor take exactly the names the records have: a per-class
+  metric with one of the dataset's classes ('val_class_accuracy_face'), the others without a
+  suffix. Any other name is refused before anything is written."""
+  from comicface import app, configuration, errors, metrics  # pylint: disable=g-import-not-at-top
+  assert configuration.classes(tiny_config()) == tuple(comic_faces.CLASS_NAMES) == ('comic', 'face')
+  for name in ('val_loss', 'val_roc_auc', 'val_class_accuracy_face', 'val_class_accuracy_comic'):
+    configuration.validate(tiny_config(best_by=name, **{'early_stopping.monitor': name}))
+  for name in ('val_class_accuracy_dog', 'val_class_accuracy', 'val_accuracy_face', 'val_nothing', 'test_accuracy'):
+    with pytest.raises(errors.ConfigError, match=f"config.best_by='{name}' is invalid: .*'val_class_accuracy_face'"):
+      configuration.validate(tiny_config(best_by=name))
+    with pytest.raises(errors.ConfigError, match=f"config.early_stopping.monitor='{name}' is invalid"):
+      configuration.validate(tiny_config(**{'early_stopping.monitor': name}))
+  workdir = tmp_path / 'w'
+  assert app.run(tiny_config(best_by='val_class_accuracy_dog'), str(workdir)) == 1 and not workdir.exists()
   assert not metrics.maximize('val_loss') and metrics.maximize('val_class_accuracy_face')

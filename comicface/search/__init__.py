@@ -62,6 +62,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
   grid's included, is checked before anything is written. Jobs sharing the workdir each
   return once the search is done (the first to get there selects, retrains and tests)."""
   search_space.validate(config)
+  if config.search == 'bayesian':
+    plans.load_optuna()
   with actions.handle_sigterm():
     try:
       return _run(config, workdir)

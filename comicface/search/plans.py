@@ -56,7 +56,8 @@ def halving(search: Search) -> None:
       alive = ranked[:keep]
 
 
-def _optuna():
+def load_optuna():
+  """Optuna, which config.search='bayesian' needs (ConfigError without it)."""
   try:
     import optuna  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -68,9 +69,10 @@ def _optuna():
 
 def bayesian(search: Search) -> None:
   """TPE over the space, `config.bayesian_batch` trials a batch. Batch b's sampler is seeded
-  with (seed, b) and told every earlier trial's best validation accuracy, so that the same
-  config asks the same trials, and a resumed search asks what the first one did."""
-  optuna = _optuna()
+  with (seed, b) and told every earlier trial's best `config.best_by` (minimised where lower is
+  better: `metrics.maximize`), so that the same config asks the same trials, and a resumed
+  search asks what the first one did."""
+  optuna = load_optuna()
   c = search.config
   space = search_space.space(c)
 

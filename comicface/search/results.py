@@ -13,6 +13,7 @@ import numpy as np
 from comicface import checkpointing
 from comicface import configuration
 from comicface import input_pipeline
+from comicface import optimizers
 from comicface import report
 from comicface import search_space
 from comicface import stats
@@ -36,6 +37,20 @@ def compare(search: Search, winner: Trial, runner_up: Trial) -> dict[str, Any]:
   return {'runner_up': runner_up.name, 'tests': tests, 'p_value': p, 'verdict': verdict}
 
 
+def retrain_config(trial: ml_collections.ConfigDict, epoch: int, splits: tuple[str, ...]) -> ml_collections.ConfigDict:
+  """The config that retrains `trial` on `splits` up to its epoch `epoch`, following the
+  trial's learning rate at every step: its schedule spans the trial's own epochs."""
+  final = ml_collections.ConfigDict(trial.to_dict())
+  if optimizers.scheduled(trial):
+    final.schedule_epochs = optimizers.schedule_epochs(trial)
+  final.num_epochs = epoch
+  final.train_splits = tuple(splits)
+  final.test_checkpoint = 'last'
+  final.early_stopping.monitor = ''  # the epoch count is chosen: train for it
+  configuration.validate(final)
+  return final
+
+
 def final_model(search: Search, winner: Trial, record: dict) -> tuple[dict[str, Any], str] | None:
   """The tested model: the winner retrained on `config.retrain_splits` for its best epoch
   count in `final/` (or, with no retrain splits, its own best checkpoint); its test results
@@ -51,16 +66,13 @@ def final_model(search: Search, winner: Trial, record: dict) -> tuple[dict[str, 
         logging.warning('Testing %s at step %d, its best checkpoint kept: the selected step %d was not kept.',
                         winner.name, step, record['step'])
       test_record, split, probs = train.test(run, step)
+      epoch = next(r['epoch'] for r in run.members[0].history if r['step'] == step)
     finally:
       run.close()
     if jax.process_index() == 0:
       np.save(pathlib.Path(folder) / 'test_predictions.npy', probs)
-    return {**test_record, 'tested_step': step}, str(pathlib.Path(folder).relative_to(root))
-  final = ml_collections.ConfigDict(winner.config.to_dict())
-  final.num_epochs = record['epoch']
-  final.train_splits = tuple(c.retrain_splits)
-  final.test_checkpoint = 'last'
-  final.early_stopping.monitor = ''  # the epoch count is chosen: train for it
+    return {**test_record, 'tested_step': step, 'tested_epoch': epoch}, str(pathlib.Path(folder).relative_to(root))
+  final = retrain_config(winner.config, record['epoch'], c.retrain_splits)
   folder = root / 'final'
   try:
     workdirs.check(final, str(folder))

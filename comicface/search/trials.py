@@ -133,7 +133,7 @@ class Search:
     trained = []
     if self.mode != 'parallel' or len(groups) < 2:
       for group in groups:
-        if actions.preempted():  # asked between two groups
+        if actions.preempted_anywhere():  # asked between two groups
           raise actions.Preempted
         trained.append(self._train_group(group, epochs))
       return any(trained)

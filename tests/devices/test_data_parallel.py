@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from comicface import feeds
 from comicface import steps as steps_lib
 from comicface import train
 from conftest import tiny_config
@@ -51,7 +52,7 @@ def test_slices_of_the_batch_stay_on_their_devices():
   state = steps.init(jax.random.PRNGKey(0))
   hparams = steps.put_hparams([steps_lib.hyperparameters(sliced)])
   sums = steps.put_sums(1)
-  data = jax.device_put({k: v[0] for k, v in host.items()}, steps.replicated)  # resident: on every device
+  data = jax.device_put(feeds.flat({k: v[0] for k, v in host.items()}), steps.replicated)  # resident: on every device
   epoch = jax.device_put({'order': np.arange(len(host['label'][0]), dtype=np.int32), 'first': np.int32(0)},
                          steps.replicated)
   for compiled in (steps.train.lower(state, hparams, steps.device_put(host, block=True), sums).compile(),

@@ -10,13 +10,10 @@ at the points where the loop waits for the devices anyway: the log steps and eac
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import signal
-import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from absl import logging
 import jax
@@ -28,6 +25,7 @@ from comicface import errors
 from comicface import logs
 from comicface import metrics
 from comicface import workdir as workdirs
+from comicface.preemption import Preempted, preempted, request_stop
 from comicface.steps import mean_records, Metrics, Record, summarize
 
 if TYPE_CHECKING:
@@ -36,10 +34,6 @@ if TYPE_CHECKING:
 
 class NonFiniteLossError(errors.UserError, FloatingPointError):
   """The loss became NaN or Inf."""
-
-
-class Preempted(Exception):
-  """Raised by `StopOnPreemption` once a checkpoint is saved; the loop returns False."""
 
 
 class Action:
@@ -88,29 +82,29 @@ def agree(local: Requests) -> Requests:
 
 class Decide(Action):
   """Agrees every process's requests (`agree`) at each log step inside an epoch and at
-  each epoch's end, into `Run.requests`, which the actions after it act on; between those
-  points `Run.requests` asks for nothing. Its clock restarts at each agreed checkpoint."""
+  each epoch's end (the only point where a checkpoint is asked for), into `Run.requests`,
+  which the actions after it act on; between those points `Run.requests` asks for
+  nothing. Its clock restarts at each agreed checkpoint."""
 
   def __init__(self, run: Run):
     self.last_checkpoint = time.monotonic()
     run.requests = Requests()
 
-  def _decide(self, run: Run) -> None:
-    run.requests = agree(Requests(
-        checkpoint=time.monotonic() - self.last_checkpoint >= run.config.checkpoint_seconds,
-        preempt=preempted(), hold_lost=bool(workdirs.hold_lost())))
+  def _decide(self, run: Run, epoch_end: bool) -> None:
+    due = epoch_end and time.monotonic() - self.last_checkpoint >= run.config.checkpoint_seconds
+    run.requests = agree(Requests(checkpoint=due, preempt=preempted(), hold_lost=bool(workdirs.hold_lost())))
     if run.requests.checkpoint:
       self.last_checkpoint = time.monotonic()
 
   def after_steps(self, run: Run, sums: Metrics, at_log: bool) -> None:
     if run.members[0].manager.reached_preemption(run.step):  # Orbax's notice: already agreed by JAX
-      _PREEMPTED.set()
+      request_stop()
     run.requests = Requests()
     if at_log and run.step % run.steps_per_epoch:  # an epoch's end decides in after_epoch
-      self._decide(run)
+      self._decide(run, epoch_end=False)
 
   def after_epoch(self, run: Run, records: list[Record]) -> None:
-    self._decide(run)
+    self._decide(run, epoch_end=True)
 
 
 class ReportProgress(Action):
@@ -211,51 +205,9 @@ class EarlyStopping(Action):
     mark_stopped(run.members)
 
 
-_PREEMPTED = threading.Event()  # set by SIGTERM; every run of the process sees it
-_HANDLING = [0]  # how deep handle_sigterm is entered
-
-
-def _on_sigterm(signum, frame) -> None:
-  del signum, frame
-  logging.warning('SIGTERM received: saving a checkpoint at the next step, then exiting.')
-  _PREEMPTED.set()
-
-
-def preempted() -> bool:
-  """Whether SIGTERM has asked this process to save and stop."""
-  return _PREEMPTED.is_set()
-
-
 def preempted_anywhere() -> bool:
   """Whether SIGTERM has reached any process (`agree`: all must ask at the same point)."""
   return agree(Requests(preempt=preempted())).preempt
-
-
-def preempted_within(seconds: float) -> bool:
-  """Waits up to `seconds` for SIGTERM's request; whether it came."""
-  return _PREEMPTED.wait(seconds)
-
-
-@contextlib.contextmanager
-def handle_sigterm() -> Iterator[None]:
-  """While entered, SIGTERM asks every run of the process to save and stop. Entered around a
-  whole command (a search, a run); nested entries, and entries in other threads than the
-  main one, change nothing, so a request made between two trials is not lost."""
-  if threading.current_thread() is not threading.main_thread() or _HANDLING[0]:
-    _HANDLING[0] += 1
-    try:
-      yield
-    finally:
-      _HANDLING[0] -= 1
-    return
-  _PREEMPTED.clear()
-  previous = signal.signal(signal.SIGTERM, _on_sigterm)
-  _HANDLING[0] += 1
-  try:
-    yield
-  finally:
-    _HANDLING[0] -= 1
-    signal.signal(signal.SIGTERM, previous)
 
 
 class StopOnPreemption(Action):

@@ -30,6 +30,7 @@ from comicface import feeds
 from comicface import input_pipeline
 from comicface import logs
 from comicface import metrics
+from comicface import preemption
 from comicface import report
 from comicface import stats
 from comicface import steps as steps_lib
@@ -298,7 +299,7 @@ def fit(run: Run, actions: Sequence[actions_lib.Action], until_epoch: int | None
     run.save(run.unsaved())
     for member in run.members:
       checkpointing.wait(member.manager)
-  except actions_lib.Preempted:
+  except preemption.Preempted:
     return False
   finally:
     for action in actions:
@@ -327,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns None if preempted (a checkpoint was saved; rerun to resume). `make_steps`: see `setup`.
   """
   workdirs.check(config, workdir)
-  with workdirs.Hold(workdir, wait=workdirs.TAKEOVER_SECONDS), actions_lib.handle_sigterm():
+  with preemption.handle_sigterm(), workdirs.Hold(workdir, wait=workdirs.TAKEOVER_SECONDS):
     workdirs.claim(config, workdir)
     return _train_and_evaluate(config, workdir, make_steps)
 

@@ -15,10 +15,13 @@ from typing import Any, Iterator
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 
 from comicface import configuration
 from comicface import errors
+from comicface import preemption
 
 HOLD_FILE = 'run.lock'
 # A holder touches its hold file this often; one not touched for STALE_BEATS of these, by the
@@ -213,9 +216,24 @@ class Hold:
 
   def __enter__(self) -> Hold:
     """Takes the hold, waiting where the holder may be dead (`wait`); raises WorkdirBusyError
-    where it lives, and actions.Preempted on SIGTERM while waiting (`actions.handle_sigterm`)."""
-    if jax.process_index() != 0:  # the other processes of a multi-process run share process 0's hold
-      return self
+    where it lives, and preemption.Preempted on SIGTERM while waiting (`preemption.handle_sigterm`).
+    On several processes, process 0 takes it for all, and every process takes its outcome."""
+    outcomes = (None, WorkdirBusyError, preemption.Preempted)
+    error = None
+    if jax.process_index() == 0:
+      try:
+        self._take()
+      except outcomes[1:] as e:
+        error = e
+    if jax.process_count() > 1:
+      outcome = int(multihost_utils.broadcast_one_to_all(np.int32(outcomes.index(type(error) if error else None))))
+      if outcome and error is None:
+        error = outcomes[outcome](f'Process 0 could not hold {self.path.parent}: it says why.')
+    if error:
+      raise error
+    return self
+
+  def _take(self) -> None:
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     deadline, first_beat, told = time.monotonic() + self.wait, self.path.stat().st_mtime, False
@@ -239,12 +257,11 @@ class Hold:
                         'beat (alive) or go stale (dead).', self.path.parent, holder.get('pid'), holder.get('host'),
                         self.wait)
         told = True
-      from comicface import actions  # pylint: disable=g-import-not-at-top  (it imports this module)
-      if actions.preempted_within(min(HEARTBEAT_SECONDS / 4, max(0.0, deadline - time.monotonic()))):
+      if preemption.preempted_within(min(HEARTBEAT_SECONDS / 4, max(0.0, deadline - time.monotonic()))):
         self._give_up()
         logging.warning('Stopped while waiting for the hold of %s (SIGTERM); rerun the same command to go on.',
                         self.path.parent)
-        raise actions.Preempted
+        raise preemption.Preempted
     if holder:
       logging.warning('Taking over %s from a run that ended without releasing it (pid %s on %s, '
                       'started %s).', self.path.parent, holder.get('pid'), holder.get('host'), holder.get('started'))
@@ -256,7 +273,6 @@ class Hold:
     os.fsync(self._fd)
     _HELD.add(self)
     threading.Thread(target=self._heartbeat, daemon=True).start()
-    return self
 
   def _heartbeat(self) -> None:
     """Touches the hold file; stops, recording why, if it cannot or if the file is no longer

@@ -35,12 +35,17 @@ def run_main(workdir, *flags, env=None, timeout=300, base=TINY):
 
 
 def final_params(workdir):
-  """The parameters of the last checkpoint, as numpy arrays."""
+  """The state of the last checkpoint, on this process's first device (whatever devices
+  and processes wrote it)."""
+  import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   ckpt = pathlib.Path(workdir) / 'checkpoints'
   last = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with ocp.StandardCheckpointer() as c:
-    tree = c.restore(ckpt / str(last) / 'state')
+    stored = c.metadata(ckpt / str(last) / 'state').item_metadata
+    tree = c.restore(ckpt / str(last) / 'state',
+                     jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), stored))
   return last, tree
 
 
@@ -99,6 +104,29 @@ def test_kill_9_anywhere_then_resume_is_bitwise_exact(straight, tmp_path, seed):
   assert a['history'] == b['history']
 
 
+def test_kill_9_after_epochs_without_a_checkpoint_replays_them_exactly(straight, tmp_path):
+  """A run checkpointed after its first epoch, extended with checkpoint_seconds that no
+  epoch reaches (its best epoch held on the host, unwritten), killed in its last epoch:
+  the rerun replays the epochs since that checkpoint and ends bitwise the uninterrupted run."""
+  workdir = tmp_path / 'w'
+  assert run_main(workdir, '--config.num_epochs=1').returncode == 0
+  history = json.loads((straight / 'results.json').read_text())['history']
+  flags = ('--config.num_epochs=3', '--config.checkpoint_seconds=1000')
+  proc = subprocess.Popen(main_cmd(workdir, *flags), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  wait_for(proc, f' step {history[1]["step"] + 2}/')  # in the third epoch
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  saved = [int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()]
+  assert saved == [history[0]['step']]  # the premise: nothing written since the first epoch
+  r = run_main(workdir, *flags)
+  assert r.returncode == 0 and f'resumed from step {history[0]["step"]}' in r.stderr, r.stderr[-3000:]
+  assert_same_params(workdir, straight)
+  a, b = (json.loads((d / 'results.json').read_text()) for d in (workdir, straight))
+  assert a['history'] == b['history'] and a['test_accuracy'] == b['test_accuracy']
+  assert a['tested_step'] == b['tested_step']
+
+
 def test_sigterm_saves_mid_epoch_and_exits_0(straight, tmp_path):
   workdir = tmp_path / 'w'
   proc = subprocess.Popen(main_cmd(workdir, '--config.num_epochs=3'), cwd=ROOT,
@@ -147,33 +175,95 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(tmp_path):
+# Run as process 1 of two: main.py with a clock that runs a million times fast for the
+# checkpoint interval (actions.Decide), so that it asks for a checkpoint at every epoch's end
+# while process 0's never reaches config.checkpoint_seconds.
+FAST_CLOCK = """
+import runpy, sys, time, types
+from comicface import actions
+real = time.monotonic
+actions.time = types.SimpleNamespace(monotonic=lambda: real() * 1e6)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+def start_two(workdir, *flags, fast_clock: bool = False) -> list[subprocess.Popen]:
+  """main.py as 2 processes x 2 CPU devices over loopback on `workdir` (process 1's clock
+  fast, if asked)."""
+  port = _free_port()
+  commands = [main_cmd(workdir, *flags) for _ in range(2)]
+  if fast_clock:
+    commands[1][1:1] = ['-c', FAST_CLOCK]
+  return [subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+                                'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}', 'JAX_NUM_PROCESSES': '2',
+                                'JAX_PROCESS_ID': str(i)})
+          for i, command in enumerate(commands)]
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
+  """Each process's stderr, once both have exited 0."""
+  outs = [p.communicate(timeout=timeout)[1] for p in procs]
+  for p, err in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  return outs
+
+
+@pytest.fixture(scope='module')
+def two(tmp_path_factory):
+  """An uninterrupted 3-epoch run of 2 processes whose clocks disagree: process 1 asks
+  for a checkpoint at every epoch's end, process 0 never; they must agree, or hang."""
+  workdir = tmp_path_factory.mktemp('two')
+  outs = finish(start_two(workdir, '--config.num_epochs=3', '--config.checkpoint_seconds=1000', fast_clock=True))
+  return workdir, outs
+
+
+def test_two_processes_whose_clocks_disagree_save_together(two):
+  workdir, outs = two
+  assert 'Process 0 takes what another process asked' in outs[0]  # the premise: the clocks disagreed
+  results = json.loads((workdir / 'results.json').read_text())
+  assert len(results['history']) == 3
+  saved = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert saved[0] < results['history'][-1]['step']  # checkpoints before the run's end: process 1's clock
+  assert (workdir / 'checkpoints' / str(saved[0]) / 'state' / 'ocdbt.process_1').exists()  # both wrote it
+
+
+def test_two_processes_match_one_process(two, tmp_path):
   """2 processes x 2 CPU devices over loopback == 1 process x 4 devices."""
   one = tmp_path / 'one'
-  r = run_main(one, '--config.num_epochs=2',
-               env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  r = run_main(one, '--config.num_epochs=3', env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
   assert r.returncode == 0, r.stderr[-3000:]
-  two = tmp_path / 'two'
-  port = _free_port()
-  procs = [subprocess.Popen(main_cmd(two, '--config.num_epochs=2'), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
-                                 'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}',
-                                 'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)})
-           for i in range(2)]
-  outs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
-  a, b = (json.loads((d / 'results.json').read_text()) for d in (one, two))
+  a, b = (json.loads((d / 'results.json').read_text()) for d in (one, two[0]))
   test_pairs = a['num_test_examples']
   assert b['num_test_examples'] == test_pairs  # every test example counted once, across processes
   for ra, rb in zip(a['history'], b['history']):
     assert ra == pytest.approx(rb, rel=1e-4, abs=1e-5)
   assert b['test_accuracy'] == pytest.approx(a['test_accuracy'])
-  assert 'img/s ETA' in outs[0][1] and 'img/s ETA' not in outs[1][1]  # process 0 alone logs
-  assert 'resident on the devices' in outs[0][1] and 'resident on the devices' in r.stderr  # both runs' feed
-  state = two / 'checkpoints' / str(b['best_step']) / 'state'
-  assert (state / 'ocdbt.process_0').exists()
+  outs = two[1]
+  assert 'img/s ETA' in outs[0] and 'img/s ETA' not in outs[1]  # process 0 alone logs
+  assert 'resident on the devices' in outs[0] and 'resident on the devices' in r.stderr  # both runs' feed
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(two, tmp_path):
+  """SIGTERM to process 1 alone, mid-run: both save one checkpoint at the same step and exit
+  0 within a minute; rerun, they end with the uninterrupted run's history and parameters."""
+  workdir = tmp_path / 'w'
+  flags = ('--config.num_epochs=3', '--config.checkpoint_seconds=1000')
+  procs = start_two(workdir, *flags)
+  seen = wait_for(procs[0], ' step 3/')  # training has begun
+  procs[1].send_signal(signal.SIGTERM)
+  signalled = time.monotonic()
+  outs = finish(procs, timeout=120)
+  assert time.monotonic() - signalled < 60
+  assert 'SIGTERM received' in outs[1] and 'SIGTERM received' not in seen + outs[0]  # it reached one process
+  assert not (workdir / 'results.json').exists()
+  saved = max(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert (workdir / 'checkpoints' / str(saved) / 'state' / 'ocdbt.process_1').exists()  # one save, by both
+  finish(start_two(workdir, *flags))
+  a, b = (json.loads((d / 'results.json').read_text()) for d in (workdir, two[0]))
+  assert a['history'] == b['history'] and a['test_accuracy'] == b['test_accuracy']
+  assert_same_params(workdir, two[0])
 
 
 def test_nan_midway_keeps_the_last_good_checkpoint(tmp_path):

@@ -22,7 +22,7 @@ from absl import logging
 import jax
 import ml_collections
 
-from comicface import actions
+from comicface import preemption
 from comicface import input_pipeline
 from comicface import search_space
 from comicface import workdir as workdirs
@@ -64,10 +64,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
   search_space.validate(config)
   if config.search == 'bayesian':
     plans.load_optuna()
-  with actions.handle_sigterm():
+  with preemption.handle_sigterm():
     try:
       return _run(config, workdir)
-    except actions.Preempted:
+    except preemption.Preempted:
       logging.warning('Preempted: checkpoint saved; rerun the same command to resume.')
       return None
 

@@ -22,7 +22,7 @@ from absl import logging
 import jax
 import ml_collections
 
-from comicface import actions
+from comicface import preemption
 from comicface import errors
 from comicface import workdir as workdirs
 
@@ -138,7 +138,7 @@ def holder(folder: str) -> str:
 class Waiter:
   """Paces a job's wait for trials that other jobs hold: a look every POLL_SECONDS, a line
   every LOG_SECONDS naming what it waits for. SIGTERM ends the wait within a poll
-  (actions.Preempted), as does a hold of this job that lost its heartbeat."""
+  (preemption.Preempted), as does a hold of this job that lost its heartbeat."""
 
   def __init__(self, shard: tuple[int, int]):
     self.job, self.said = describe(shard), -math.inf
@@ -150,5 +150,5 @@ class Waiter:
       logging.info('%s waits for %d trial(s) of other jobs: %s', self.job.capitalize(), len(what),
                    '; '.join(what[:5]))
       self.said = time.monotonic()
-    if actions.preempted_within(POLL_SECONDS):
-      raise actions.Preempted
+    if preemption.preempted_within(POLL_SECONDS):
+      raise preemption.Preempted

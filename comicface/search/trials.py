@@ -14,6 +14,7 @@ import jax
 import ml_collections
 
 from comicface import actions
+from comicface import preemption
 from comicface import checkpointing
 from comicface import input_pipeline
 from comicface import logs
@@ -110,7 +111,7 @@ class Search:
     """Trains each of `trials` up to `epochs` epochs (those there already, or stopped, are
     left as they are) and returns when all are: this job's groups of the plan's `request`
     first, then any other group that no job holds (taken over, from its checkpoints); then
-    it waits for the groups that live jobs hold (jobs.py). Raises actions.Preempted once a
+    it waits for the groups that live jobs hold (jobs.py). Raises preemption.Preempted once a
     checkpoint is saved, or on SIGTERM while waiting."""
     self.trials.update((t.name, t) for t in trials)
     stacking = 'sequential' if self.mode == 'sequential' else 'stacked'
@@ -134,7 +135,7 @@ class Search:
     if self.mode != 'parallel' or len(groups) < 2:
       for group in groups:
         if actions.preempted_anywhere():  # asked between two groups
-          raise actions.Preempted
+          raise preemption.Preempted
         trained.append(self._train_group(group, epochs))
       return any(trained)
     queue = list(reversed(groups))
@@ -143,15 +144,15 @@ class Search:
     def worker(devices):
       while True:
         with take:
-          if not queue or actions.preempted():
+          if not queue or preemption.preempted():
             return
           group = queue.pop()
         trained.append(self._train_group(group, epochs, devices))
     with concurrent.futures.ThreadPoolExecutor(len(groups)) as pool:
       for future in [pool.submit(worker, slot) for slot in device_slots(len(groups))]:
         future.result()
-    if actions.preempted():
-      raise actions.Preempted
+    if preemption.preempted():
+      raise preemption.Preempted
     return any(trained)
 
   def _train_group(self, group: list[Trial], epochs: int, devices: list | None = None) -> bool:
@@ -174,7 +175,7 @@ class Search:
       finally:
         run.close()
       if not finished:
-        raise actions.Preempted
+        raise preemption.Preempted
       if jax.process_index() == 0:
         used = [d.id for d in run.steps.data.mesh.devices.flat]
         for t in group:

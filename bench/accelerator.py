@@ -12,6 +12,7 @@ On the first device of the default backend it prints:
 - whole runs (`train.setup` + `train.fit` with every action: validation, checkpoints,
   TensorBoard) on a generated stand-in: images/s over the epochs after the first, the
   data resident on the device against streamed by grain, and against the step alone;
+  the resident bytes per device, counted (feeds.resident_bytes) and held (measured);
 - the projected time of the CNN study's full protocol (16 trials x 10 epochs, retrain,
   test) at the study's size and on all 20,000 images, from the figures above.
 
@@ -33,7 +34,7 @@ import tensorflow_datasets as tfds
 
 from bench.peak import dot_gflops
 from bench.train_throughput import config_for, random_block, rate, setup, trainer
-from comicface import actions, input_pipeline, search_space, synthetic, train
+from comicface import actions, feeds, input_pipeline, search_space, synthetic, train
 from comicface import steps as steps_lib
 from configs import cnn_grid, default, mlp
 
@@ -98,7 +99,12 @@ def run_figures(config, workdir: pathlib.Path) -> dict[str, float]:
   finally:
     run.close()
   images = (len(clock.ends) - 1) * run.steps_per_epoch * config.batch_size
-  return {'img_s': images / (clock.ends[-1] - clock.ends[0]), 'resident': run.train.resident}
+  figures = {'img_s': images / (clock.ends[-1] - clock.ends[0]), 'resident': run.train.resident}
+  if run.train.resident:  # the build on each device: as feeds counts it before, as the device holds it
+    figures['counted'] = feeds.resident_bytes(len(run.train.split.source), run.task.image_shape,
+                                              jax.devices()[0].platform)
+    figures['held'] = max(feeds.device_bytes(run.train.data).values())
+  return figures
 
 
 def stand_in(config, root: pathlib.Path, pairs: int, size: int, epochs: int, feed: str) -> ml_collections.ConfigDict:
@@ -154,6 +160,13 @@ def main() -> None:
     resident, streamed = runs[name, 'resident']['img_s'], runs[name, 'stream']['img_s']
     print(f'  {name}: resident {resident:,.0f} img/s, streamed {streamed:,.0f} img/s ({resident / streamed:.2f}x); '
           f'the resident run at {resident / step:.2f}x of its step alone ({step:,.0f})', flush=True)
+    r = runs[name, 'resident']
+    print(f'  {name}: resident data per device {r["counted"]:,} bytes counted, {r["held"]:,} held', flush=True)
+  shape = (20000, 128, 128, 1)  # the studies' 20,000 images at gray128
+  print('  the studies\' 20,000 gray128 images on each device, counted: '
+        + ', '.join(f'{p} {feeds.resident_bytes(shape[0], shape[1:], p) / 2**20:,.0f} MiB' for p in ('gpu', 'tpu'))
+        + f' (flat); a TPU would hold {feeds.laid_out_bytes(shape, np.uint8, "tpu") / 2**20:,.0f} MiB of them '
+        'as (N, 128, 128, 1)', flush=True)
 
   print('\nthe CNN study\'s protocol, projected from the figures above', flush=True)
   single, predict = runs['CNN', 'resident']['img_s'], rows['CNN predict, batch 256']['img_s']

@@ -1,11 +1,15 @@
 """What the project sets by itself for the machine it runs on, unless the user has, and
 the check that JAX uses the machine's accelerator.
 
-Both settings target CPUs and are harmless elsewhere:
-- an XLA flag, set on import of `comicface` (before JAX starts): XLA:CPU's default
-  path for a convolution's weight gradient is several times slower than YNNPACK's
-  dot and reduce fusions (its elementwise fusions, left out, halve the speed of
-  the CNN with SGD or in bfloat16);
+XLA flags, set on import of `comicface` (before JAX starts), each harmless where it
+does not apply:
+- XLA:CPU's default path for a convolution's weight gradient is several times slower
+  than YNNPACK's dot and reduce fusions (its elementwise fusions, left out, halve the
+  speed of the CNN with SGD or in bfloat16);
+- XLA:GPU's deterministic ops (no atomics in reductions and scatters, deterministic
+  cuDNN algorithms), so that a resumed run replays its epochs as they ran (see
+  docs/reliability.md); `XLA_FLAGS=--xla_gpu_deterministic_ops=false` opts out.
+And one setting for CPUs:
 - transparent huge pages for glibc's malloc, which needs a restart of the process
   (`restart_with_huge_pages`, called first thing by main.py and the benchmarks).
 """
@@ -18,14 +22,15 @@ import sys
 
 from absl import logging
 
-XLA_CPU_FLAGS = '--xla_cpu_experimental_ynn_fusion_type=dot,reduce'
+XLA_FLAGS = {'xla_cpu_experimental_ynn_fusion_type': 'dot,reduce', 'xla_gpu_deterministic_ops': 'true'}
 MALLOC_TUNABLES = 'glibc.malloc.hugetlb=1'
 
 
 def set_xla_flags() -> None:
-  """Adds XLA_CPU_FLAGS to $XLA_FLAGS unless the user already set that flag."""
-  if 'xla_cpu_experimental_ynn_fusion_type' not in os.environ.get('XLA_FLAGS', ''):
-    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + XLA_CPU_FLAGS).strip()
+  """Adds each of XLA_FLAGS to $XLA_FLAGS unless the user already set that flag."""
+  for flag, value in XLA_FLAGS.items():
+    if flag not in os.environ.get('XLA_FLAGS', ''):
+      os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} --{flag}={value}'.strip()
 
 
 def restart_with_huge_pages() -> None:

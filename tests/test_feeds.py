@@ -6,7 +6,7 @@ from jax._src import array as jax_array
 import numpy as np
 import pytest
 
-from comicface import actions, input_pipeline, train
+from comicface import actions, feeds, input_pipeline, train
 from conftest import override, tiny_config
 from configs import mlp, resnet
 
@@ -150,3 +150,32 @@ def test_the_epoch_order_is_grains_shuffle(n):
     shuffled = grain.MapDataset.range(n).shuffle(seed=input_pipeline.hash_seed(seed, epoch))
     assert order.tolist() == [shuffled[i] for i in range(n)]
     assert len(set(order.tolist())) == (n - 1 if n == 65537 else n)  # grain's order repeats one there
+
+
+def test_resident_bytes_are_counted_as_a_tpu_lays_them_out():
+  """A TPU tiles the two minor dimensions (uint8: 32 x 128): the studies' 20,000 gray128
+  images as (N, 128, 128, 1) would take 128 times their bytes; flat, as they lie resident,
+  they take their size (and 24x24 RGB rows of 1,728 bytes pad to 1,792)."""
+  n = 20000
+  assert feeds.laid_out_bytes((n, 128, 128, 1), np.uint8, 'tpu') == n * 128 * 128 * 128
+  assert feeds.laid_out_bytes((n, 128 * 128), np.uint8, 'tpu') == n * 128 * 128
+  assert feeds.laid_out_bytes((n, 24 * 24 * 3), np.uint8, 'tpu') == n * 1792
+  assert feeds.laid_out_bytes((n,), np.int32, 'tpu') == 20480 * 4
+  assert feeds.resident_bytes(n, (128, 128, 1), 'gpu') == n * (128 * 128 + 4)
+  assert feeds.flat({'image': np.zeros((5, 24, 24, 3), np.uint8)})['image'].shape == (5, 1728)
+
+
+class Device:
+  """What `memory_budget` reads of a device: its platform and JAX's memory statistics."""
+
+  def __init__(self, platform, stats):
+    self.platform, self.stats = platform, stats
+
+  def memory_stats(self):
+    return self.stats
+
+
+def test_memory_budget_is_a_quarter_of_what_jax_may_allocate_and_none_when_unknown():
+  assert feeds.memory_budget([Device('gpu', {'bytes_limit': 8e9}), Device('gpu', {'bytes_limit': 4e9})]) == 1e9
+  assert feeds.memory_budget([Device('gpu', None)]) is None  # no limit reported: the feed streams
+  assert feeds.memory_budget([Device('cpu', None)]) > 0  # CPUs: a quarter of the host's RAM

@@ -38,3 +38,28 @@ def test_sixteen_trials_of_four_shapes_side_by_side_equal_one_after_another(tmp_
     assert a['val_accuracy'] == pytest.approx(b['val_accuracy'], abs=1e-6)
     assert a['val_loss'] == pytest.approx(b['val_loss'], rel=1e-4)
   assert parallel['winner'] == sequential['winner']
+
+
+def test_a_build_is_held_once_per_device_whatever_the_meshes(tmp_path):
+  """Resident data put for two disjoint sub-meshes, then for all devices (a 'parallel'
+  search's groups, then its retrain): each device holds one buffer of the build's images,
+  of the size feeds counts for it."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from comicface import feeds, input_pipeline, steps as steps_lib  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  builder = input_pipeline.prepare(config, str(tmp_path))
+  split = input_pipeline.open_split(builder, 'train', config.batch_size, config.dataset.split_scheme)
+  devices = jax.devices()
+  half = len(devices) // 2
+  meshes = [steps_lib.make_mesh(1, devices[:half]), steps_lib.make_mesh(1, devices[half:]), steps_lib.make_mesh(1)]
+  held = [feeds.on_devices(split, jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec()))[0] for m in meshes]
+  shape = (len(split.source), int(np.prod(input_pipeline.Task.of(builder).image_shape)))
+  buffers = {}
+  for array in jax.live_arrays():
+    if array.shape == shape and array.dtype == np.uint8:
+      for shard in array.addressable_shards:
+        buffers.setdefault(shard.device.id, set()).add(shard.data.unsafe_buffer_pointer())
+  assert sorted(buffers) == sorted(d.id for d in devices)  # the premise: every device was given the build
+  assert all(len(b) == 1 for b in buffers.values()), buffers
+  counted = feeds.resident_bytes(shape[0], input_pipeline.Task.of(builder).image_shape, 'cpu')
+  assert set(feeds.device_bytes(held[-1]).values()) == {counted}

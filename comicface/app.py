@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from absl import logging
 import jax
@@ -13,6 +13,9 @@ import ml_collections
 from comicface import configuration
 from comicface import errors
 from comicface import host
+
+if TYPE_CHECKING:
+  from comicface import inference  # pylint: disable=g-bad-import-order  (imported by _run: heavier)
 
 
 def _quiet_libraries(record) -> bool:
@@ -90,12 +93,19 @@ def _run(config, workdir, mode, *, split, step, images, data, data_dir) -> int:
                  '(checkpoint step %d%s).', split, r['data'], r['accuracy'], lo, hi, r['loss'], r['errors'],
                  r['num_examples'], r['step'], f', trial {r["trial"]}' if r['trial'] else '')
     return 0
+  return print_predictions(model, inference.expand_patterns(images))
+
+
+def print_predictions(model: inference.Model, paths: Sequence[str]) -> int:
+  """Prints `PATH<TAB>class<TAB>class=p ...` (`model.top`'s probabilities) for each readable
+  image of `paths`, `PATH<TAB>error<TAB>why` for each other one; returns 1
+  if any failed, else 0."""
   failed = 0
-  for path, probs, why in model.predict_files(inference.expand_patterns(images)):
+  for path, probs, why in model.predict_files(paths):
     if probs is None:
       failed += 1
       print(f'{path}\terror\t{why}', flush=True)
     else:
-      shown = ' '.join(f'{c}={p:.4f}' for c, p in zip(model.classes, probs))
+      shown = ' '.join(f'{c}={p:.4f}' for c, p in model.top(probs))
       print(f'{path}\t{model.classes[int(probs.argmax())]}\t{shown}', flush=True)
   return 1 if failed else 0

@@ -1,4 +1,5 @@
-"""Builds comic_faces without TensorFlow (array_record), from the Kaggle zip or folder.
+"""Builds comic_faces without TensorFlow (array_record), from the Kaggle zip or folder; and
+(`build`, from code) the project's other builders, such as a folder of class folders.
 
     python -m comicface.build_dataset --manual_dir=~/Downloads/archive.zip [--configs=gray128,rgb24]
         [--data_dir=~/tensorflow_datasets] [--max_bad_fraction=0.05]
@@ -20,6 +21,7 @@ from absl import logging
 import tensorflow_datasets as tfds
 
 from comicface import errors
+from tfds_builder import images
 from tfds_builder.comic_faces import comic_faces_dataset_builder as comic_faces
 
 MANIFEST = 'manifest.json'
@@ -34,10 +36,12 @@ def default_data_dir() -> pathlib.Path:
   return pathlib.Path(tfds.core.constants.DATA_DIR).expanduser()
 
 
-def build_dir(config: str, data_dir: str | None) -> pathlib.Path:
-  """Where `comic_faces/<config>` is (or would be) built."""
+def build_dir(config: str | tfds.core.BuilderConfig, data_dir: str | None,
+              builder: type[images.ImageBuilder] = comic_faces.Builder) -> pathlib.Path:
+  """Where `<builder>/<config>` (default: comic_faces) is (or would be) built."""
   root = pathlib.Path(data_dir).expanduser() if data_dir else default_data_dir()
-  return root / 'comic_faces' / config / str(comic_faces.Builder.VERSION)
+  name = config if isinstance(config, str) else config.name
+  return root / builder.name / name / str(builder.VERSION)
 
 
 def _files(folder: pathlib.Path) -> dict[str, dict]:
@@ -98,34 +102,34 @@ def set_aside(folder: pathlib.Path, why: str) -> pathlib.Path:
   return aside
 
 
-def build(manual_dir: str, config: str, data_dir: str | None = None,
-          max_bad_fraction: float | None = None) -> tfds.core.DatasetBuilder:
-  """Builds (or finds built) `comic_faces/<config>`; returns its builder.
+def build(manual_dir: str, config: str | tfds.core.BuilderConfig, data_dir: str | None = None,
+          max_bad_fraction: float | None = None,
+          builder: type[images.ImageBuilder] = comic_faces.Builder) -> tfds.core.DatasetBuilder:
+  """Builds (or finds built) `<builder>/<config>` (default: comic_faces); returns its builder.
 
   A damaged build of the same source files is set aside and rebuilt; one whose
   source files are not at `manual_dir` raises CorruptBuildError.
   """
-  folder = build_dir(config, data_dir)
+  folder = build_dir(config, data_dir, builder)
   why = damage(folder)
   if why:
-    source = comic_faces.find_root(os.path.expanduser(manual_dir))
-    if recorded_fingerprint(folder) not in (None, comic_faces.fingerprint(comic_faces.list_items(source))):
+    if recorded_fingerprint(folder) not in (None, builder.source_fingerprint(os.path.expanduser(manual_dir))):
       raise CorruptBuildError(
           f'The build in {folder} is damaged ({why}), and {manual_dir} holds other source files, '
           'so it cannot be rebuilt from there. Delete that folder and rerun with the source files '
           'it was built from (or another data dir).')
     set_aside(folder, why)
-  builder = comic_faces.Builder(config=config, data_dir=data_dir, max_bad_fraction=max_bad_fraction)
-  builder.download_and_prepare(
+  built = builder(config=config, data_dir=data_dir, max_bad_fraction=max_bad_fraction)
+  built.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual_dir)),
       file_format='array_record')
   manifest = folder / MANIFEST
   if not manifest.exists():
-    record = {'fingerprint': builder.info.metadata.get('fingerprint'), 'files': _files(folder)}
+    record = {'fingerprint': built.info.metadata.get('fingerprint'), 'files': _files(folder)}
     tmp = manifest.with_suffix('.tmp')
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(manifest)
-  return builder
+  return built
 
 
 def read_error(folder: str, error: Exception) -> CorruptBuildError:

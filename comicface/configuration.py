@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import ast
+import re
 from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
 
+from comicface import augment
 from comicface import errors
 from comicface import metrics
 from comicface import models
@@ -30,12 +32,16 @@ ROLES = {
     'dataset.name': 'identity', 'dataset.manual_dir': 'identity', 'dataset.data_dir': 'free',
     'dataset.max_bad_fraction': 'free', 'dataset.split_scheme': 'identity', 'dataset.synthetic_pairs': 'identity',
     'dataset.synthetic_size': 'identity', 'dataset.synthetic_seed': 'identity',
-    'dataset.synthetic_difficulty': 'identity',
-    'model': 'static', 'dtype': 'static', 'batch_size': 'static', 'augment_hflip': 'static',
+    'dataset.synthetic_difficulty': 'identity', 'dataset.synthetic_classes': 'identity',
+    'dataset.image_size': 'identity', 'dataset.mode': 'identity', 'dataset.image_key': 'identity',
+    'dataset.label_key': 'identity', 'dataset.splits': 'identity', 'dataset.validation_fraction': 'identity',
+    'dataset.test_fraction': 'identity', 'dataset.split_seed': 'identity',
+    'model': 'static', 'dtype': 'static', 'batch_size': 'static', 'augment': 'static',
+    'grad_accum_steps': 'static', 'ema_decay': 'value',
     'optimizer': 'static', 'momentum': 'static', 'nesterov': 'static', 'grad_clip_norm': 'static',
     'schedule': 'static', 'warmup_epochs': 'static', 'schedule_epochs': 'identity', 'learning_rate': 'value', 'weight_decay': 'value',
     'num_epochs': 'budget', 'train_splits': 'identity', 'test_checkpoint': 'free', 'best_by': 'identity',
-    'seed': 'identity', 'early_stopping': 'identity',
+    'seed': 'identity', 'early_stopping': 'identity', 'init': 'identity',
     'grid': 'identity', 'search': 'identity', 'num_trials': 'budget', 'halving': 'identity',
     'bayesian_batch': 'identity', 'seeds': 'identity', 'grid_parallel': 'free', 'shard': 'free',
     'retrain_splits': 'budget',
@@ -45,12 +51,32 @@ IDENTITY_ROLES = ('static', 'value', 'identity')
 # What every run had before a field existed: a workdir recorded without the field had this.
 BEFORE_THE_FIELD = {'momentum': 0.0, 'nesterov': False, 'weight_decay': 0.0, 'grad_clip_norm': 0.0,
                     'schedule': 'constant', 'warmup_epochs': 0.0, 'schedule_epochs': 0, 'best_by': 'val_accuracy',
-                    'checkpoint_seconds': 0.0, 'speed.feed': 'auto'}
+                    'checkpoint_seconds': 0.0, 'speed.feed': 'auto', 'augment': '', 'ema_decay': 0.0,
+                    'grad_accum_steps': 1, 'init': {'workdir': '', 'step': 0, 'skip': []}}
+# Top-level fields an earlier release had under another name: its name -> (the field now, its
+# value from the old one).
+RENAMED = {'augment_hflip': ('augment', lambda hflip: 'flip_lr' if hflip else '')}
+
+
+def renamed(recorded: dict) -> dict:
+  """A config or identity recorded by an earlier release, its fields under their names now (RENAMED)."""
+  out = dict(recorded)
+  for old, (new, convert) in RENAMED.items():
+    if old in out:
+      out[new] = convert(out.pop(old))
+  return out
+
+
+def identity_now(recorded: dict) -> dict:
+  """A workdir's or a search plan's recorded identity (`workdir.identity`) as this release
+  writes it: renamed fields under their names now, fields it predates as they were."""
+  return {**BEFORE_THE_FIELD, **renamed(recorded)}
 
 
 def with_earlier_fields(recorded: dict) -> ml_collections.ConfigDict:
-  """A config recorded by an earlier release, with the fields it predates (BEFORE_THE_FIELD)."""
-  config = ml_collections.ConfigDict(recorded)
+  """A config recorded by an earlier release, with the fields it predates (BEFORE_THE_FIELD)
+  and under their names now (RENAMED)."""
+  config = ml_collections.ConfigDict(renamed(recorded))
   for dotted, value in BEFORE_THE_FIELD.items():
     node, leaf = parent(config, dotted)
     if leaf not in node:
@@ -97,11 +123,24 @@ def subset(config: ml_collections.ConfigDict, dotted_fields: Sequence[str]) -> d
   return out
 
 
-def classes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The class names of `config.dataset`, known from its name before it is built (ConfigError
-  for an unknown name)."""
+def classes(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
+  """The class names of `config.dataset` where they are known before it is built (comic_faces,
+  a folder's class folders, a prepared TFDS dataset), else None; ConfigError for an unknown name."""
   from comicface import input_pipeline  # pylint: disable=g-import-not-at-top  (heavier: TFDS, grain)
-  return input_pipeline.Task.of_name(config.dataset.name).classes
+  task = input_pipeline.Task.of_config(config.dataset)
+  return task and task.classes
+
+
+def check_records(config: ml_collections.ConfigDict, class_names: Sequence[str]) -> None:
+  """Raises ConfigError where config.best_by or config.early_stopping.monitor names no record
+  of data of `class_names` (checked by `validate` where they are known before the build, else
+  by `input_pipeline.prepare` once it is built)."""
+  records = metrics.names('val', class_names)
+  if config.best_by not in records:
+    raise errors.ConfigError(f'config.best_by={config.best_by!r} is invalid: must be a validation record: one of {records}.')
+  if config.early_stopping.monitor not in ('', 'train_loss', 'train_accuracy', *records):
+    raise errors.ConfigError(f'config.early_stopping.monitor={config.early_stopping.monitor!r} is invalid: must be '
+                             f"'' (off), train_loss, train_accuracy, or one of {records}.")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -126,8 +165,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f'0 (num_epochs), or at least num_epochs={config.num_epochs}')
   length = optimizers.schedule_epochs(config)
   need(0 <= config.warmup_epochs <= length, 'warmup_epochs', f'in [0, the schedule\'s {length} epochs]')
-  records = metrics.names('val', classes(config))
-  need(config.best_by in records, 'best_by', f'a validation record: one of {records}')
+  known = classes(config)
+  if known is not None:
+    check_records(config, known)
   one_of('dtype', ('float32', 'bfloat16'))
   one_of('grid_parallel', ('auto', 'sequential', 'stacked', 'parallel'))
   shard = config.shard.split('/')
@@ -135,6 +175,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                          and int(shard[0]) < int(shard[1])), 'shard', "'auto', '' or 'i/N' with i < N")
   one_of('test_checkpoint', ('best', 'last'))
   one_of('dataset.split_scheme', splits.SCHEMES)
+  from comicface import input_pipeline  # pylint: disable=g-import-not-at-top  (heavier: TFDS, grain)
+  need(input_pipeline.kind(config.dataset.name) == 'comic_faces' or config.dataset.split_scheme not in splits.COMIC_FACES_SCHEMES,
+       'dataset.split_scheme', f"'own' for a dataset other than comic_faces ({list(splits.COMIC_FACES_SCHEMES)} are its own)")
+  one_of('dataset.mode', ('', 'L', 'RGB'))
+  need(config.dataset.image_size >= 0, 'dataset.image_size', ">= 0 (0: the dataset's own)")
+  for field in ('validation_fraction', 'test_fraction'):
+    need(0 < config.dataset[field] < 1, f'dataset.{field}', 'in (0, 1)')
+  need(not config.dataset.splits or set(config.dataset.splits) == {'train', 'validation', 'test'}, 'dataset.splits',
+       "empty, or a TFDS split string for each of 'train', 'validation' and 'test'")
+  need(not config.dataset.splits or config.dataset.split_scheme == 'own', 'dataset.split_scheme', "'own' where config.dataset.splits is given")
   need(0 < config.dataset.max_bad_fraction <= 1, 'dataset.max_bad_fraction', 'in (0, 1]')
   for field, empty in (('train_splits', False), ('retrain_splits', True)):
     splits_given = get(config, field)
@@ -143,9 +193,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   n = jax.device_count()
   need(config.batch_size >= 1 and config.batch_size % n == 0, 'batch_size',
        f'a positive multiple of the device count ({n})')
+  accumulate = config.grad_accum_steps
+  need(accumulate >= 1 and config.batch_size % (accumulate * n) == 0, 'grad_accum_steps',
+       f'>= 1 (1: off), dividing batch_size={config.batch_size} into micro-batches of a multiple of the device '
+       f'count ({n}) each')
+  need(0 <= config.ema_decay < 1, 'ema_decay', 'in [0, 1) (0: off)')
+  augment.parse(config.augment)
   if not config.dataset.manual_dir:
     need(config.dataset.synthetic_pairs >= 25, 'dataset.synthetic_pairs', '>= 25 (fewer leave a split empty)')
     need(0 <= config.dataset.synthetic_difficulty <= 1, 'dataset.synthetic_difficulty', 'in [0, 1]')
+    need(config.dataset.synthetic_classes >= 2, 'dataset.synthetic_classes', '>= 2')
   one_of('search', SEARCHES)
   need(bool(config.grid) or config.search == 'grid', 'search', "'grid' where config.grid has no axes to search")
   need(config.num_trials >= 1, 'num_trials', '>= 1')
@@ -155,18 +212,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(1 <= config.halving.min_epochs <= config.num_epochs, 'halving.min_epochs', f'in [1, num_epochs={config.num_epochs}]')
   need(config.halving.brackets >= 1, 'halving.brackets', '>= 1')
   stopping = config.early_stopping
-  need(stopping.monitor in ('', 'train_loss', 'train_accuracy', *records), 'early_stopping.monitor',
-       f"'' (off), train_loss, train_accuracy, or one of {records}")
   one_of('early_stopping.mode', ('auto', 'min', 'max'))
   need(stopping.patience >= 0 and stopping.min_delta >= 0 and stopping.start_from_epoch >= 0,
        'early_stopping.patience', '>= 0, as min_delta and start_from_epoch')
   need(config.checkpoint_seconds >= 0, 'checkpoint_seconds', '>= 0 (0: a checkpoint every epoch)')
+  need(config.init.step >= 0, 'init.step', '>= 0 (0: the checkpoint its training tested)')
+  need(bool(config.init.workdir) or not (config.init.step or config.init.skip), 'init.workdir',
+       "a run's or a search's workdir where config.init.step or config.init.skip is set")
+  need(all(isinstance(s, str) and _compiles(s) for s in config.init.skip), 'init.skip',
+       "regular expressions over the parameters' paths, e.g. ('params/Dense_0/.*',)")
   one_of('speed.kernels', ('auto', 'xla', 'cpu'))
   one_of('speed.feed', ('auto', 'resident', 'stream'))
   calls = config.speed.steps_per_call
   need(calls == 'auto' or str(calls).isdigit() and int(calls) >= 1, 'speed.steps_per_call', "'auto' or >= 1")
   need(config.speed.predict_chunk >= 0, 'speed.predict_chunk', '>= 0 (0: the whole batch)')
   need(config.speed.cpu_slice_images >= 0, 'speed.cpu_slice_images', '>= 0 (0: the whole batch)')
+
+
+def _compiles(pattern: str) -> bool:
+  try:
+    re.compile(pattern)
+  except re.error:
+    return False
+  return True
 
 
 def add_grid_axes(config: ml_collections.ConfigDict, axes: Sequence[tuple[str, str]]) -> None:

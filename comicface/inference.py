@@ -35,13 +35,19 @@ from comicface import steps as steps_lib
 from comicface import train
 from comicface import workdir as workdirs
 from tfds_builder.comic_faces import comic_faces_dataset_builder as comic_faces
+from tfds_builder.image_folder import image_folder_dataset_builder as image_folder
 
 ALL = 'all'  # --split=all: every example of the data
+SHOWN = 5  # --mode=predict prints every class's probability up to this many classes, else the top ones
 EXPORT_PLATFORMS = ('cpu', 'cuda', 'tpu')
 
 
 class NoCheckpointError(errors.UserError, FileNotFoundError):
   """The workdir holds no checkpoint to restore."""
+
+
+class ClassesError(errors.UserError, ValueError):
+  """Data to evaluate a model on has other classes than the model's."""
 
 
 def trained_run(workdir: str) -> tuple[str, ml_collections.ConfigDict, str | None, int | None]:
@@ -111,6 +117,12 @@ class Model:
   @property
   def classes(self) -> tuple[str, ...]:
     return self.task.classes
+
+  def top(self, probs: np.ndarray) -> list[tuple[str, float]]:
+    """(class, probability) of one image's `probs`, as --mode=predict prints them: every class
+    in class order up to SHOWN classes, else the SHOWN most probable, most probable first."""
+    order = range(len(probs)) if len(probs) <= SHOWN else np.argsort(-probs, kind='stable')[:SHOWN]
+    return [(self.classes[i], float(probs[i])) for i in order]
 
   def _probabilities(self, pixels: list[np.ndarray]) -> np.ndarray:
     """(n, classes) probabilities of decoded images, in batches of a fixed shape (one compile)."""
@@ -182,20 +194,36 @@ class Model:
           'trial': self.trial, 'step': self.step})
     return out
 
+  def _read_other_data(self, ds: ml_collections.ConfigDict, source: pathlib.Path) -> str:
+    """Sets config.dataset `ds` to read the data at `source` as the model's images: comic_faces'
+    layout for a model of comic_faces, else a folder of class folders, at the model's image size
+    and mode, split as a folder of its own is. Returns the name of its build: the folder's name and
+    its source's fingerprint. A folder whose classes are not the model's raises ClassesError."""
+    if input_pipeline.kind(ds.name) != 'comic_faces':
+      ds.name, ds.split_scheme, ds.splits = input_pipeline.FOLDER, 'own', {}
+      ds.image_size, ds.mode = self.task.image_shape[0], self.task.image_mode
+    ds.manual_dir = str(source)
+    classes = input_pipeline.Task.of_config(ds).classes
+    if classes != self.classes:
+      raise ClassesError(f'{source} holds the classes {list(classes)}; the model in {self.folder} tells apart '
+                         f'{list(self.classes)}: give a folder of a subfolder for each of those, named so that they '
+                         'sort in that order.')
+    builder = comic_faces.Builder if input_pipeline.kind(ds.name) == 'comic_faces' else image_folder.Builder
+    return f'{re.sub(r"[^A-Za-z0-9_.]+", "_", source.name)}-{builder.source_fingerprint(source)[:8]}'
+
   def evaluate(self, data: str | None = None, split: str = 'test', data_dir: str | None = None) -> dict[str, Any]:
     """Every metric (metrics.py; accuracy and loss also on their own), the accuracy's 95%
     interval, errors and confusion matrix on `split` ('all': every example) of the run's
-    own data, or of `data` (a folder or zip in the dataset's v1 or v2 layout, built by the
-    same builder into a data dir of its own). Writes `evaluations/<data>-<split>.json` in
-    the workdir, and changes nothing else there."""
-    config, name = ml_collections.ConfigDict(self.config.to_dict()), 'own'
+    own data, or of `data` (a folder or zip: for a model of comic_faces, in its v1 or v2
+    layout; else a folder of the model's class folders, `_read_other_data`), built into a
+    data dir of its own. Writes `evaluations/<data>-<split>.json` in the workdir, and changes
+    nothing else there."""
+    config, name, splits_dir = ml_collections.ConfigDict(self.config.to_dict()), 'own', self.folder
     if data:
-      source = comic_faces.find_root(pathlib.Path(data).expanduser())
-      fingerprint = comic_faces.fingerprint(comic_faces.list_items(source))
-      name = f'{re.sub(r"[^A-Za-z0-9_.]+", "_", pathlib.Path(data).expanduser().name)}-{fingerprint[:8]}'
-      config.dataset.manual_dir = str(pathlib.Path(data).expanduser().absolute())
+      name = self._read_other_data(config.dataset, pathlib.Path(data).expanduser().absolute())
       config.dataset.data_dir = data_dir or str(build_dataset.default_data_dir() / 'comicface_eval' / name)
-    builder = input_pipeline.prepare(config, self.folder)
+      splits_dir = config.dataset.data_dir  # where a folder's carved splits are recorded: not the workdir
+    builder = input_pipeline.prepare(config, splits_dir)
     splits = ['train', 'validation', 'test'] if split == ALL else split
     feed, = train.open_feeds(config, builder, self.steps, splits)
     (record,), probs = train.evaluate_split(self.steps, self.state, feed, self.classes, 'eval')

@@ -9,11 +9,16 @@
                           decay to 0 at the last step; after config.warmup_epochs of linear warm-up
     config.schedule_epochs the epochs the schedule spans (0: config.num_epochs); a run stopped
                           before their end (a retrained search winner) follows it as far as it goes
+    config.ema_decay      an exponential moving average of the parameters, which evaluation uses
+                          (0: off): ema <- decay * ema + (1 - decay) * params after each step,
+                          starting at the initial parameters (so without optax.ema's bias correction)
+    config.grad_accum_steps the batch computed in that many micro-batches, one update (steps.train_step)
 
-The learning rate and the weight decay are values (the trials of a stack differ in them),
-passed at each step; the rest is compiled, whether weight decay is on included (so that
-without it the update is exactly the plain optimizer's). A schedule counts the state's own
-step, so a halving survivor or a resumed run continues on it where it was.
+The learning rate, the weight decay and the average's decay are values (the trials of a
+stack differ in them), passed at each step; the rest is compiled, whether weight decay
+and the average are on included (`switches`: so that without them the update is exactly
+the plain optimizer's). A schedule counts the state's own step, so a halving survivor or
+a resumed run continues on it where it was.
 """
 from __future__ import annotations
 
@@ -26,7 +31,13 @@ import optax
 
 NAMES = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'linear')
-VALUES = ('learning_rate', 'weight_decay')  # passed at each step (the rest of the config is compiled)
+VALUES = ('learning_rate', 'weight_decay', 'ema_decay')  # passed at each step (the rest of the config is compiled)
+
+
+def switches(config: ml_collections.ConfigDict) -> dict[str, bool]:
+  """Whether each of the VALUES that may be 0 (off) is on: compiled, as is what it changes
+  (the update; the state's 'ema_params'), so trials differing in them do not stack."""
+  return {'weight_decay': config.weight_decay > 0, 'ema_decay': config.ema_decay > 0}
 
 
 def scheduled(config: ml_collections.ConfigDict) -> bool:
@@ -60,12 +71,14 @@ class Optimizer:
   grad_clip_norm: float
   decay: bool  # whether there is weight decay (its amount is a value)
   schedule: optax.Schedule
+  ema: bool  # whether the state keeps the parameters' average (its decay is a value)
 
   @classmethod
   def of(cls, config: ml_collections.ConfigDict, steps_per_epoch: int) -> Optimizer:
     """The optimizer of `config` (or of its `steps.static_config`), for a run of that many steps an epoch."""
     return cls(config.optimizer, config.momentum, config.nesterov, config.grad_clip_norm, config.weight_decay > 0,
-               schedule(config.schedule, config.warmup_epochs, schedule_epochs(config), steps_per_epoch))
+               schedule(config.schedule, config.warmup_epochs, schedule_epochs(config), steps_per_epoch),
+               config.ema_decay > 0)
 
   @property
   def _stateful(self) -> optax.GradientTransformation:

@@ -7,12 +7,18 @@ from typing import Any, Sequence
 
 import matplotlib
 matplotlib.use('Agg')
+from matplotlib import colors  # pylint: disable=g-import-not-at-top
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from comicface import checkpointing
 from comicface import metrics
 from comicface import stats
+
+NUMBERED = 20  # the most classes whose confusion figure writes the counts in its cells
+LISTED = 20  # beyond NUMBERED classes, report.md lists this many most frequent confusions
+CURVE_CLASSES = 5  # the most classes whose accuracies each get a column of the curves' table
+
 
 def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
   """[true, predicted] counts."""
@@ -36,13 +42,26 @@ def _curves(history: Sequence[dict], path: pathlib.Path) -> None:
 
 
 def _confusion_png(m: np.ndarray, classes: Sequence[str], path: pathlib.Path) -> None:
+  """The counts as colours, numbered up to NUMBERED classes; beyond, on a log scale (so that
+  single errors show beside the diagonal) with a colour bar. Cells shrink from 0.6 to 0.18
+  inches as classes grow, and the figure grows beyond 40 classes."""
   k = len(classes)
-  fig, ax = plt.subplots(figsize=(2.4 + 0.6 * k, 2.0 + 0.6 * k))
-  ax.imshow(m, cmap='Blues')
-  for (i, j), v in np.ndenumerate(m):
-    ax.text(j, i, str(v), ha='center', va='center', color='black', fontsize=14)
-  ax.set(xticks=range(k), yticks=range(k), xticklabels=classes, yticklabels=classes,
-         xlabel='predicted', ylabel='true', title='test confusion')
+  cell = min(0.6, max(0.18, 7.2 / k))
+  fig, ax = plt.subplots(figsize=(2.4 + cell * k, 2.0 + cell * k))
+  if k <= NUMBERED:
+    ax.imshow(m, cmap='Blues')
+    for (i, j), v in np.ndenumerate(m):
+      ax.text(j, i, str(v), ha='center', va='center', color='white' if v > m.max() / 2 else 'black',
+              fontsize=min(14, 25 * cell))
+  else:
+    shown = ax.imshow(np.ma.masked_equal(m, 0), cmap='viridis_r', norm=colors.LogNorm(vmin=1, vmax=max(2, m.max())))
+    fig.colorbar(shown, ax=ax, fraction=0.04, pad=0.02, format='%g', label='images (log scale; white: none)')
+  labels = min(10, 40 * cell)
+  ax.set_xticks(range(k))
+  ax.set_xticklabels(classes, fontsize=labels, rotation=90 if k > 2 else 0)
+  ax.set_yticks(range(k))
+  ax.set_yticklabels(classes, fontsize=labels)
+  ax.set(xlabel='predicted', ylabel='true', title='test confusion')
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -64,7 +83,7 @@ def _roc_png(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], auc:
 def _misclassified_png(images: list[np.ndarray], captions: list[str], path: pathlib.Path) -> None:
   cols = max(1, min(8, len(images)))
   rows = max(1, math.ceil(len(images) / cols))
-  fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.0 * rows), squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.3 * rows), squeeze=False)
   for ax in axes.flat:
     ax.axis('off')
   for ax, img, caption in zip(axes.flat, images, captions):
@@ -147,6 +166,26 @@ def _search_section(results: dict[str, Any], trials: Sequence[dict], axes_names:
   return lines + [_table(ranked, columns), '', figure, '']
 
 
+def _confusion_section(m: np.ndarray, classes: Sequence[str]) -> list[str]:
+  """The confusion matrix as a table up to NUMBERED classes; beyond, its LISTED largest
+  counts off the diagonal."""
+  if len(classes) <= NUMBERED:
+    return ['## Test confusion (rows: true, columns: predicted)', '',
+            _table([{'': classes[i], **{c: int(m[i, j]) for j, c in enumerate(classes)}}
+                    for i in range(len(classes))], ['', *classes]), '']
+  off = m - np.diag(np.diag(m))
+  order = np.argsort(-off, axis=None, kind='stable')[:LISTED]
+  rows = [{'true': classes[i], 'predicted': classes[j], 'images': int(off[i, j])}
+          for i, j in zip(*np.unravel_index(order, m.shape)) if off[i, j]]
+  return [f'## Test confusion: the {len(rows)} most frequent confusions of {len(classes)} classes', '',
+          _table(rows, ['true', 'predicted', 'images']) if rows else 'None: no test image misclassified.', '']
+
+
+def _short(name: str, width: int = 16) -> str:
+  """`name`, cut to `width` characters (the last an ellipsis) to fit under an image."""
+  return name if len(name) <= width else name[:width - 1] + '…'
+
+
 def _table(rows: Sequence[dict], columns: Sequence[str]) -> str:
   fmt = lambda v: f'{v:.4f}' if isinstance(v, float) else str(v)
   lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
@@ -170,13 +209,17 @@ def write(workdir: str, results: dict[str, Any], split: Any, probs: np.ndarray, 
   wrong = [i for i in np.flatnonzero(predicted != labels)][:32]
   records = [split.record(i) for i in wrong]
   _misclassified_png([r['image'] for r in records],
-                     [f'{r["filename"].decode()}\nP({classes[predicted[i]]})={probs[i, predicted[i]]:.3f}'
+                     [f'{r["filename"].decode()}\ntrue: {_short(classes[labels[i]])}\n'
+                      f'pred: {_short(classes[predicted[i]])} ({probs[i, predicted[i]]:.3f})'
                       for r, i in zip(records, wrong)], out / 'misclassified.png')
   _confusion_png(m, classes, out / 'confusion.png')
   figures = '![confusion](confusion.png)'
   if len(classes) == 2:
     _roc_png(labels, probs, classes, results['test_roc_auc'], out / 'roc.png')
     figures += ' ![roc](roc.png)'
+  else:
+    figures += (f'\n\nNo ROC curve for {len(classes)} classes: `roc_auc` is the mean of each class\'s '
+                'area against the others (one-vs-rest macro average).')
   _curves(results['history'], out / 'curves.png')
   tested = {k[len('test_'):]: v for k, v in results.items() if k.startswith('test_') and isinstance(v, float)}
   lines = [f'# Report: {out.name}', '',
@@ -189,9 +232,8 @@ def write(workdir: str, results: dict[str, Any], split: Any, probs: np.ndarray, 
            '']
   if trials:
     lines += _search_section(results, trials, axes_names, out)
-  lines += ['## Curves', '', _table(results['history'], list(results['history'][0])), '',
-            '![curves](curves.png)', '', '## Test confusion (rows: true, columns: predicted)', '',
-            _table([{'': classes[i], **{c: int(m[i, j]) for j, c in enumerate(classes)}}
-                    for i in range(len(classes))], ['', *classes]), '', figures, '',
+  columns = [c for c in results['history'][0] if len(classes) <= CURVE_CLASSES or not metrics.keyed(c)]
+  lines += ['## Curves', '', _table(results['history'], columns), '',
+            '![curves](curves.png)', '', *_confusion_section(m, classes), figures, '',
             f'## Misclassified test images ({errors})', '', '![misclassified](misclassified.png)', '']
   (out / 'report.md').write_text('\n'.join(lines))

@@ -21,6 +21,7 @@ import numpy as np
 
 from comicface import configuration
 from comicface import errors
+from comicface import optimizers
 
 EPOCHS = 'num_epochs'
 
@@ -184,13 +185,13 @@ def draw(config: ml_collections.ConfigDict, index: int, stream: int = 0) -> Tria
 
 
 def stack_key(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
-  """`config` without its values (`configuration.ROLES`), but whether it has weight decay
-  (compiled): trials equal in it can train as one stack."""
+  """`config` without its values (`configuration.ROLES`), but which of them are on
+  (`optimizers.switches`: compiled): trials equal in it can train as one stack."""
   c = config.to_dict()
   for dotted in configuration.fields(config, 'value'):
     node, leaf = configuration.parent(c, dotted)
     node.pop(leaf)
-  return ml_collections.FrozenConfigDict({**c, 'weight_decay': config.weight_decay > 0})
+  return ml_collections.FrozenConfigDict({**c, **optimizers.switches(config)})
 
 
 def groups(trials: list[Trial], mode: str) -> list[list[Trial]]:

@@ -1,11 +1,15 @@
-"""Which examples each split holds: the builder's pair-grouped splits ('pairs'), or a
-study's own scheme, computed at load time from each example's class and its position
-in its class folder sorted by file name. Neither study kept a face and its comic together."""
+"""Which examples each split holds. For comic_faces: the builder's pair-grouped splits
+('pairs'), or a study's own scheme, computed at load time from each example's class and
+its position in its class folder sorted by file name (neither study kept a face and its
+comic together). For any dataset: its own splits ('own'), those it lacks carved from its
+training split (`carve`), or the TFDS split strings that config.dataset.splits gives."""
 from __future__ import annotations
 
 from typing import Callable
 
 import numpy as np
+
+from comicface import errors
 
 
 def _sorted_class(labels: np.ndarray, index_in_class: np.ndarray, c: int) -> np.ndarray:
@@ -37,5 +41,29 @@ def mlp_study(labels: np.ndarray, index_in_class: np.ndarray, seed: int = 0) -> 
   return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+def carve(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+  """Splits positions `range(len(labels))` into one part per fraction ({'test': 0.1,
+  'validation': 0.1}, taken in that order; each at least one example) and 'train' (the rest),
+  stratified: the positions are shuffled (seeded), ranked within their class, and taken in
+  order of rank over class size, so each part holds each class in its share. Each part is sorted."""
+  n = len(labels)
+  order = np.random.default_rng(seed).permutation(n)
+  rank = np.empty(n)
+  for c in np.unique(labels):
+    members = order[labels[order] == c]
+    rank[members] = (np.arange(len(members)) + 0.5) / len(members)
+  order = order[np.argsort(rank[order], kind='stable')]
+  parts, start = {}, 0
+  for name, fraction in fractions.items():
+    take = max(1, round(n * fraction)) if fraction > 0 else 0
+    parts[name] = np.sort(order[start:start + take])
+    start += take
+  if start >= n:
+    raise errors.ConfigError(f'{n} training examples are too few to carve {fractions} from them and keep '
+                             'some to train on: lower config.dataset.validation_fraction or test_fraction.')
+  return {'train': np.sort(order[start:]), **parts}
+
+
 COMPUTED: dict[str, Callable[..., dict[str, np.ndarray]]] = {'cnn_study': cnn_study, 'mlp_study': mlp_study}
-SCHEMES = ('pairs', *COMPUTED)  # every value of config.dataset.split_scheme
+SCHEMES = ('pairs', *COMPUTED, 'own')  # every value of config.dataset.split_scheme
+COMIC_FACES_SCHEMES = ('pairs', *COMPUTED)  # those of comic_faces alone

@@ -4,9 +4,10 @@ The state is a plain pytree:
 
     {'params', 'opt_state', 'model_state' (e.g. batch statistics), 'step', 'rng'}
 
-and the values a trial is trained with, `hparams = {'learning_rate', <the model's
-VALUES>}`, are data beside it. A stack of trials carries a leading trial axis on
-both; its steps are `jax.vmap`ped over that axis, and every trial sees the same
+and, with config.ema_decay, 'ema_params': the parameters' moving average, which evaluation
+and prediction use. The values a trial is trained with, `hparams = {'learning_rate',
+<the model's VALUES>, ...}`, are data beside it. A stack of trials carries a leading trial
+axis on both; its steps are `jax.vmap`ped over that axis, and every trial sees the same
 batches. The model and the optimizer are closed over by the jitted steps, which
 key on shapes alone.
 """
@@ -24,6 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from comicface import augment as augment_lib
 from comicface import configuration
 from comicface import models
 from comicface import optimizers
@@ -52,12 +54,12 @@ def hyperparameters(config: ml_collections.ConfigDict) -> dict[str, float]:
 def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
   """What `Steps` is built from: the fields whose role is 'static' or 'speed'
   (`configuration.ROLES`), the epochs a schedule spans where it changes over them, and
-  whether there is weight decay (its amount is a value). Configs equal in it share
-  compiled steps."""
+  which of the values that can be off are on (`optimizers.switches`: weight decay, the
+  average). Configs equal in it share compiled steps."""
   fields = configuration.fields(config, 'static', 'speed')
   spans = {'schedule_epochs': optimizers.schedule_epochs(config)} if optimizers.scheduled(config) else {}
   return ml_collections.FrozenConfigDict({**configuration.subset(config, fields), **spans,
-                                          'weight_decay': config.weight_decay > 0})
+                                          **optimizers.switches(config)})
 
 
 def resolve_kernels(kernels: str, platform: str | None = None) -> str:
@@ -97,17 +99,20 @@ def merge_slices(y: jax.Array) -> jax.Array:
 
 def init_state(rng: jax.Array, *, model: nn.Module, opt: optimizers.Optimizer,
                image_shape: tuple[int, ...]) -> State:
-  """A fresh state: parameters (and model state) from `rng`, and the dropout key."""
+  """A fresh state: parameters (and model state) from `rng`, the dropout key, and where
+  `opt.ema`, the parameters' average (starting at the parameters)."""
   params_rng, dropout_rng = jax.random.split(rng)
   variables = dict(model.init(params_rng, jnp.zeros((1, *image_shape), jnp.uint8)))
   params = variables.pop('params')
   return {'params': params, 'opt_state': opt.init(params), 'model_state': variables,
-          'step': jnp.zeros((), jnp.int32), 'rng': dropout_rng}
+          'step': jnp.zeros((), jnp.int32), 'rng': dropout_rng,
+          **({'ema_params': jax.tree.map(jnp.copy, params)} if opt.ema else {})}
 
 
 def apply_model(model: nn.Module, state: State, images: jax.Array, *, train: bool = False,
                 rng: jax.Array | None = None, slice_images: int | None = None) -> tuple[jax.Array, dict]:
-  """(logits, updated model state).
+  """(logits, updated model state). Evaluation (not `train`) uses the parameters' average
+  where the state keeps one ('ema_params').
 
   `slice_images` (set with the CPU kernels: 0 or more) draws each example's dropout from
   a key of its own (the batch's key split by position), so that the model can run on
@@ -116,7 +121,8 @@ def apply_model(model: nn.Module, state: State, images: jax.Array, *, train: boo
   of the whole batch keeps about one busy. None: one draw for the whole batch, as Flax
   does (the accelerators' path). A model with state (batch statistics) sees the whole batch.
   """
-  variables = {'params': state['params'], **state['model_state']}
+  params = state['params'] if train or 'ema_params' not in state else state['ema_params']
+  variables = {'params': params, **state['model_state']}
   if state['model_state'] or slice_images is None:
     mutable = list(state['model_state']) if train and state['model_state'] else False
     out = model.apply(variables, images, train=train, rngs={'dropout': rng} if train else {}, mutable=mutable)
@@ -135,10 +141,20 @@ def apply_model(model: nn.Module, state: State, images: jax.Array, *, train: boo
   return forward(images, keys), state['model_state']
 
 
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Each example's cross-entropy against its label: a class index, or soft targets
+  [classes] (after mixup or cutmix)."""
+  if labels.ndim == logits.ndim:
+    return optax.softmax_cross_entropy(logits, labels)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
 def train_sums(logits: jax.Array, labels: jax.Array) -> Metrics:
-  """What training records of a batch: summed loss and right answers, and its size."""
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return {'loss': jnp.sum(losses), 'correct': jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32),
+  """What training records of a batch: summed loss and right answers (the argmax of a soft
+  label counting as the class), and its size."""
+  classes = jnp.argmax(labels, -1) if labels.ndim == logits.ndim else labels
+  return {'loss': jnp.sum(cross_entropy(logits, labels)),
+          'correct': jnp.sum(jnp.argmax(logits, -1) == classes).astype(jnp.float32),
           'count': jnp.asarray(labels.shape[0], jnp.float32)}
 
 
@@ -159,35 +175,55 @@ def mean_records(histories: Sequence[Sequence[Record]]) -> list[Record]:
 
 
 def train_step(state: State, hparams: HParams, batch: dict[str, jax.Array], *,
-               model_fn: Callable[..., nn.Module], opt: optimizers.Optimizer,
-               hflip: bool = False, slice_images: int | None = None) -> tuple[State, Metrics]:
+               model_fn: Callable[..., nn.Module], opt: optimizers.Optimizer, augment: augment_lib.Ops = (),
+               num_classes: int = 0, accumulate: int = 1,
+               slice_images: int | None = None) -> tuple[State, Metrics]:
   """One optimizer step on the mean cross-entropy; returns sums for the metrics.
 
   `model_fn(**values)` builds the model with the trial's values of its own (its dropout
-  rate); `hflip` mirrors a random half of the images left-right first (the MLP study's
-  augmentation).
+  rate). `augment` (config.augment, parsed) transforms the batch first, from a key split
+  off the step's (the draws of dropout stay as they are without it); labels become soft
+  targets over `num_classes` where an op mixes them. `accumulate` (config.grad_accum_steps)
+  > 1 computes the (augmented) batch as that many micro-batches one after another
+  (`strided_slices`, a lax.scan), their gradients averaged into one update; a model's
+  batch statistics are updated by each micro-batch in turn. Where the state keeps the
+  parameters' average, it moves by hparams['ema_decay'].
   """
   rng = jax.random.fold_in(state['rng'], state['step'])
-  images = batch['image']
-  if hflip:
-    rng, flip_rng = jax.random.split(rng)
-    flip = jax.random.bernoulli(flip_rng, 0.5, images.shape[:1])[:, None, None, None]
-    images = jnp.where(flip, images[:, :, ::-1], images)
+  images, labels = batch['image'], batch['label']
+  if augment:
+    rng, augment_rng = jax.random.split(rng)
+    images, labels = augment_lib.apply(augment, augment_rng, images, labels, num_classes)
   model = model_fn(**{k: v for k, v in hparams.items() if k not in optimizers.VALUES})
 
-  def loss_fn(params):
-    logits, model_state = apply_model(model, {**state, 'params': params}, images, train=True, rng=rng,
-                                      slice_images=slice_images)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
-    return losses.mean(), (logits, model_state)
+  def gradients(model_state, images, labels, rng):
+    def loss_fn(params):
+      logits, new_model_state = apply_model(model, {**state, 'params': params, 'model_state': model_state}, images,
+                                            train=True, rng=rng, slice_images=slice_images)
+      return cross_entropy(logits, labels).mean(), (logits, new_model_state)
+    (_, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+    return grads, model_state, train_sums(logits, labels)
 
-  (_, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+  if accumulate == 1:
+    grads, model_state, sums = gradients(state['model_state'], images, labels, rng)
+  else:
+    def micro_step(carry, micro):
+      total, model_state = carry
+      grads, model_state, sums = gradients(model_state, *micro)
+      return (jax.tree.map(jnp.add, total, grads), model_state), sums
+    size = images.shape[0] // accumulate
+    micro = (strided_slices(images, size), strided_slices(labels, size), jax.random.split(rng, accumulate))
+    zeros = jax.tree.map(jnp.zeros_like, state['params'])
+    (total, model_state), sums = jax.lax.scan(micro_step, (zeros, state['model_state']), micro)
+    grads, sums = jax.tree.map(lambda g: g / accumulate, total), jax.tree.map(lambda m: m.sum(0), sums)
   updates, opt_state = opt.update(grads, state['opt_state'], state['params'], state['step'],
                                   hparams['learning_rate'], hparams['weight_decay'])
   params = optax.apply_updates(state['params'], updates)
   new = {**state, 'params': params, 'opt_state': opt_state, 'model_state': model_state,
          'step': state['step'] + 1}
-  return new, train_sums(logits, batch['label'])
+  if opt.ema:  # ema <- decay * ema + (1 - decay) * params, from the initial parameters (no bias correction)
+    new['ema_params'] = optax.incremental_update(params, state['ema_params'], 1 - hparams['ema_decay'])
+  return new, sums
 
 
 def train_block(state: State, hparams: HParams, batches: dict[str, jax.Array], sums: Metrics,
@@ -256,7 +292,8 @@ class Steps:
     opt = optimizers.Optimizer.of(config, steps_per_epoch)
     self.stacked = stacked
     self.steps_per_call = resolve_steps_per_call(config.speed.steps_per_call, cost, config.batch_size, platform)
-    self.eval_batch = config.batch_size * self.steps_per_call  # an evaluation call takes what a train call does
+    # an evaluation call takes what a train call does (of micro-batches, where it accumulates)
+    self.eval_batch = config.batch_size // config.grad_accum_steps * self.steps_per_call
     self.data = NamedSharding(mesh, P('data'))
     self.blocks = NamedSharding(mesh, P(None, 'data'))
     self.replicated = NamedSharding(mesh, P())
@@ -264,7 +301,8 @@ class Steps:
     slice_images = config.speed.cpu_slice_images * mesh.shape['data'] if kernels == 'cpu' else None
     init = functools.partial(init_state, model=make(), opt=opt, image_shape=tuple(image_shape))
     train = functools.partial(train_block, model_fn=functools.partial(make, 'train'), opt=opt,
-                              hflip=config.augment_hflip, slice_images=slice_images)
+                              augment=augment_lib.parse(config.augment), num_classes=num_classes,
+                              accumulate=config.grad_accum_steps, slice_images=slice_images)
     evaluate = functools.partial(eval_step, model=make('predict'))
     if stacked:
       init, train = jax.vmap(init), jax.vmap(train, in_axes=(0, 0, None, 0))

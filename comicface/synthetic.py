@@ -8,6 +8,11 @@ where each "face" is a rendered portrait that looks photographic (smooth
 shading, soft background, blur, sensor noise) and its comic is the same face
 drawn: flat posterised colours, dark outlines and a halftone in the shadows.
 Pair `i` depends only on `(seed, i)`, so the same arguments give the same bytes.
+
+`write_folder(root, classes, per_class, ...)` writes a folder of class folders instead (the
+'folder' dataset's layout): class c is stripes at its own angle, in PNG and JPEG, grey and
+colour, of odd sizes; optionally with split folders of its own, a corrupt file, and a class
+folder missing from the test split.
 """
 from __future__ import annotations
 
@@ -144,6 +149,51 @@ def write_dataset(root: str | os.PathLike, num_pairs: int, size: int = 1024,
   with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
     list(pool.map(write, range(first_index, first_index + num_pairs)))
   return inner
+
+
+def class_name(c: int, classes: int) -> str:
+  """The folder name of class `c` of `classes` ('class07')."""
+  return f'class{c:0{len(str(classes - 1))}d}'
+
+
+def render_stripes(seed: int, c: int, classes: int, index: int, size: int) -> Image.Image:
+  """Image `index` of class `c`: stripes at angle c/classes of a half turn (jittered), in two
+  random colours with noise, about `size` px on a side (odd and unequal sides); every third grey."""
+  rng = np.random.default_rng([seed, c, index])
+  h, w = (int(size * rng.uniform(0.7, 1.4)) | 1 for _ in range(2))
+  angle = np.pi * (c + rng.uniform(-0.25, 0.25)) / classes
+  y, x = np.mgrid[0:h, 0:w] / size
+  wave = np.sin(2 * np.pi * rng.uniform(3, 5) * (x * np.cos(angle) + y * np.sin(angle)) + rng.uniform(0, 2 * np.pi))
+  a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+  pixels = a + (b - a) * (wave[..., None] > 0) + rng.normal(0, 12, (h, w, 3))
+  img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+  return img.convert('L') if index % 3 == 2 else img
+
+
+def write_folder(root: str | os.PathLike, classes: int = 3, per_class: int = 10, size: int = 40,
+                 seed: int = 0, test_per_class: int = 0, corrupt: bool = False,
+                 missing: bool = False) -> pathlib.Path:
+  """Writes `classes` class folders of `per_class` images each (`render_stripes`; PNG and JPEG
+  in turn) under `root`, or under `root/train` with `test_per_class` more in `root/test` where
+  that is > 0; `corrupt`: one more file in the first class that is no image
+  ('corrupt.jpg'); `missing`: the last class has no folder in `root/test`. Returns `root`."""
+  root = pathlib.Path(root)
+  parts = {'train': per_class, 'test': test_per_class} if test_per_class else {'': per_class}
+  jobs = [(split, c, i) for split, n in parts.items() for c in range(classes) for i in range(n)
+          if not (missing and split == 'test' and c == classes - 1)]
+
+  def write(job: tuple[str, int, int]) -> None:
+    split, c, i = job
+    folder = root / split / class_name(c, classes)
+    folder.mkdir(parents=True, exist_ok=True)
+    img = render_stripes(seed, c, classes, i + (per_class if split == 'test' else 0), size)
+    img.save(folder / f'{split or "img"}{i:04d}.{"png" if i % 2 else "jpg"}', quality=90)
+
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+    list(pool.map(write, jobs))
+  if corrupt:
+    (root / next(iter(parts)) / class_name(0, classes) / 'corrupt.jpg').write_bytes(b'\xff\xd8\xff\xe0 not a JPEG')
+  return root
 
 
 def main(argv: list[str] | None = None) -> None:

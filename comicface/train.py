@@ -27,6 +27,7 @@ from comicface import actions as actions_lib
 from comicface import checkpointing
 from comicface import errors
 from comicface import feeds
+from comicface import finetune
 from comicface import input_pipeline
 from comicface import logs
 from comicface import metrics
@@ -209,9 +210,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str, members: Sequence[Mem
   """Builds the data, the steps (by `make_steps`, given where runs of one static config
   share them; else `own_steps`) and the state of a run in `workdir` (the data and the
   task are kept there), each member resumed from its own latest checkpoint where it has
-  one. Without `members`, the run is one model whose folder is the workdir; with several,
-  they train as one stack and must differ only in values (`steps.hyperparameters`) and
-  be at the same step."""
+  one, else initialised from the model trained in `config.init.workdir` where it names
+  one (`finetune`). Without `members`, the run is one model whose folder is the workdir;
+  with several, they train as one stack and must differ only in values
+  (`steps.hyperparameters`) and be at the same step."""
   builder = input_pipeline.prepare(config, workdir)
   task = input_pipeline.Task.of(builder)
   members = list(members) or [Member('', workdir, config)]
@@ -244,6 +246,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, members: Sequence[Mem
     for member in members:
       member.saved_step = run.step
     logging.info('%s: resumed from step %d (after epoch %d).', members[0].folder, run.step, run.epoch)
+  elif config.init.workdir:
+    run.state = finetune.initialise(run.state, config.init, [m.folder for m in members], stacked)
   run.log_steps = logs.LogSteps(config.log_every_steps, run.step)
   per_model = sum(x.size for x in jax.tree.leaves(run.member_state(0)['params']))
   logging.info('%s: %d parameters per model, %d member(s); %d train / %d validation examples, %s; %d step(s) '

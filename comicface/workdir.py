@@ -66,7 +66,7 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> bool:
   if not path.exists():
     return False
   mine, theirs = identity(config), json.loads(path.read_text())['identity']
-  theirs = {**configuration.BEFORE_THE_FIELD, **theirs}  # a workdir of an earlier release
+  theirs = configuration.identity_now(theirs)  # a workdir of an earlier release
   diff = {k: (theirs.get(k), mine[k]) for k in mine if theirs.get(k) != mine[k]}
   if diff:
     lines = '\n'.join(f'  {k}: workdir has {a!r}, config has {b!r}' for k, (a, b) in diff.items())

@@ -11,15 +11,23 @@ from configs import common
 def experiment() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.dataset = ml_collections.ConfigDict(dict(
-      name='comic_faces/gray128',  # comic_faces/<builder config>
-      manual_dir='',   # the Kaggle zip or folder; '' = generate the stand-in in the workdir
+      name='comic_faces/gray128',  # comic_faces/<builder config>, 'folder' (configs/folder.py), or a TFDS name ('cifar10')
+      manual_dir='',   # the Kaggle zip or folder, or the folder of class folders; '' = generate the stand-in in the workdir
       data_dir='',     # where TFDS builds go; '' = ~/tensorflow_datasets, or the workdir for the stand-in
       max_bad_fraction=0.05,
-      split_scheme='pairs',  # or a study's own protocol: 'cnn_study', 'mlp_study'
-      synthetic_pairs=700,  # the stand-in's size, when manual_dir is ''
+      image_size=0,    # the side images are resized to; 0 = the dataset's own (comic_faces: its config's); 'folder' needs one
+      mode='',         # 'L' (grey) or 'RGB'; '' = the dataset's own ('RGB' for a folder)
+      image_key='image', label_key='label',  # a TFDS dataset's features
+      split_scheme='pairs',  # comic_faces: or a study's own protocol: 'cnn_study', 'mlp_study'; any dataset: 'own'
+      splits=ml_collections.ConfigDict(type_safe=False),  # 'own': TFDS split strings for train, validation and test
+      validation_fraction=0.1,  # 'own': carved (stratified) from the train split where the dataset has no validation...
+      test_fraction=0.1,        # ...or test split of its own
+      split_seed=0,
+      synthetic_pairs=700,  # the stand-in's size, when manual_dir is '' (a folder's: images per class)
       synthetic_size=256,
       synthetic_seed=0,
       synthetic_difficulty=0.0,  # 0 (the plain stand-in) to 1: faces drawn closer to comics (search tests)
+      synthetic_classes=3,  # the folder stand-in's classes
   ))
   c.model = ml_collections.ConfigDict(dict(  # comicface/models/cnn.py
       name='cnn', filters_1=100, filters_2=50, dropout_rate=0.5, input_scaling='unit'))
@@ -34,7 +42,9 @@ def experiment() -> ml_collections.ConfigDict:
   c.schedule_epochs = 0    # the epochs the schedule spans (0: num_epochs); a retrained winner takes its trial's
   c.batch_size = 32     # global, across all devices and processes
   c.num_epochs = 4
-  c.augment_hflip = False  # mirror a random half of each training batch
+  c.augment = ''  # ops on each training batch, on the devices: 'flip_lr|random_crop(pad=4)' (comicface/augment.py)
+  c.ema_decay = 0.0  # evaluate a moving average of the parameters, updated by this decay each step (0: off)
+  c.grad_accum_steps = 1  # each batch in this many micro-batches, one update: a batch larger than the devices hold
   c.train_splits = ('train',)  # the splits trained on: ('train', 'validation') for both
   c.test_checkpoint = 'best'   # tested at the end: 'best' (by best_by), or 'last'
   c.best_by = 'val_accuracy'   # the best epoch (and trial): by this record, then lower val_loss, then fewer epochs
@@ -43,6 +53,11 @@ def experiment() -> ml_collections.ConfigDict:
   c.early_stopping = ml_collections.ConfigDict(dict(  # Keras' EarlyStopping, and its meanings
       monitor='',  # '' (off), 'val_loss', 'val_accuracy', 'train_loss' or 'train_accuracy'
       mode='auto', patience=0, min_delta=0.0, start_from_epoch=0))
+  c.init = ml_collections.ConfigDict(dict(  # fine-tuning (comicface/finetune.py): where this run starts
+      workdir='',  # a run's or a search's workdir: its trained parameters and model state start this run ('': fresh)
+      step=0,      # its checkpoint at this step (0: the one its training tested)
+      skip=(),     # regular expressions over parameter paths kept fresh: ('params/Dense_0/.*',) for a new CNN head
+  ))
 
   # A search over config.grid (see cnn_grid.py, cnn_halving.py).
   c.grid = ml_collections.ConfigDict(type_safe=False)  # an axis: values (1e-2, 1e-3), or 'log_uniform(1e-4, 1e-1)'

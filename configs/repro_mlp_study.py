@@ -19,7 +19,7 @@ def experiment():
   c = mlp_grid.experiment()
   c.dataset.split_scheme = 'mlp_study'
   c.optimizer = 'sgd'
-  c.augment_hflip = True
+  c.augment = 'flip_lr'
   return c
 
 

@@ -37,6 +37,8 @@ def small(config):
 
 
 CONFIGS = {'cnn': lambda: tiny_config(num_epochs=2),
+           'cnn_augmented': lambda: tiny_config(num_epochs=2, augment='flip_lr|random_crop(pad=4)|mixup(0.2)',
+                                                ema_decay=0.9, grad_accum_steps=2),
            'mlp': lambda: small(mlp.get_config('runlocal')),
            'resnet': lambda: small(resnet.get_config('runlocal'))}
 
@@ -45,7 +47,8 @@ CONFIGS = {'cnn': lambda: tiny_config(num_epochs=2),
 @pytest.mark.parametrize('name', list(CONFIGS))
 def test_resident_and_streamed_runs_are_bitwise_equal(name, stacked, tmp_path):
   """The same run fed both ways: equal parameters, optimizer and batch statistics, equal
-  histories and test records (CNN, MLP, and the ResNet with batch statistics)."""
+  histories and test records (CNN, with augmentation, the average and accumulation too, MLP,
+  and the ResNet with batch statistics)."""
   rates = (1e-2, 3e-3) if stacked else None
   runs = [fit(override(CONFIGS[name](), **{'speed.feed': feed}), tmp_path / feed, rates)
           for feed in ('resident', 'stream')]

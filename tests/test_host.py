@@ -12,7 +12,7 @@ SCRIPT = ('from comicface import host\n'
           'host.restart_with_huge_pages()\n'
           'import os\n'
           "print(repr(os.environ.get('XLA_FLAGS')), repr(os.environ.get('GLIBC_TUNABLES')),\n"
-          "      b'GLIBC_TUNABLES=glibc.malloc.hugetlb=1' in open('/proc/self/environ', 'rb').read())\n")
+          "      b'GLIBC_TUNABLES=glibc.malloc.hugetlb=1' in open('/proc/self/environ', 'rb').read(), sep='\\n')\n")
 
 
 def _run(**env) -> list[str]:
@@ -20,20 +20,20 @@ def _run(**env) -> list[str]:
   r = subprocess.run([sys.executable, '-c', SCRIPT], capture_output=True, text=True, cwd=ROOT,
                      env={**base, 'PYTHONPATH': str(ROOT), **env}, timeout=60)
   assert r.returncode == 0, r.stderr
-  return r.stdout.split()
+  return r.stdout.splitlines()
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='glibc only')
 def test_restarts_once_with_huge_pages_and_the_xla_flag():
   xla, tunables, at_start = _run()
-  assert 'xla_cpu_experimental_ynn_fusion_type' in xla
+  assert '--xla_cpu_experimental_ynn_fusion_type=dot,reduce' in xla and '--xla_gpu_deterministic_ops=true' in xla
   assert tunables == "'glibc.malloc.hugetlb=1'" and at_start == 'True'  # glibc saw it at start
 
 
 def test_user_settings_are_left_alone():
-  xla, tunables, at_start = _run(XLA_FLAGS='--xla_cpu_experimental_ynn_fusion_type=dot',
-                                 GLIBC_TUNABLES='')
-  assert xla == "'--xla_cpu_experimental_ynn_fusion_type=dot'"
+  xla, tunables, at_start = _run(XLA_FLAGS='--xla_cpu_experimental_ynn_fusion_type=dot '
+                                           '--xla_gpu_deterministic_ops=false', GLIBC_TUNABLES='')
+  assert xla == "'--xla_cpu_experimental_ynn_fusion_type=dot --xla_gpu_deterministic_ops=false'"
   assert tunables == "''" and at_start == 'False'
 
 

@@ -67,7 +67,7 @@ def test_repro_configs_follow_the_protocols(module, scheme):
     assert config.dataset.name == 'comic_faces/gray128' and tuple(config.retrain_splits) == ('train',)
   else:
     assert len(trials) == 2 and epochs == [1, 3, 5] and config.optimizer == 'sgd'
-    assert config.augment_hflip and config.batch_size == 64 and config.dataset.name == 'comic_faces/rgb24'
+    assert config.augment == 'flip_lr' and config.batch_size == 64 and config.dataset.name == 'comic_faces/rgb24'
     assert tuple(config.retrain_splits) == ('train', 'validation')
 
 

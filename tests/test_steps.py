@@ -101,7 +101,7 @@ def test_a_stack_of_trials_trains_each_as_alone():
     assert_close({k: v[t] for k, v in sums.items()}, alone_sums, rtol=1e-4)
 
 
-def test_hflip_mirrors_images_and_nothing_else():
+def test_flip_lr_mirrors_images_and_nothing_else():
   """With no dropout (the MLP), a flip only matters for images that are not mirror-symmetric."""
   rng = np.random.default_rng(0)
   half = rng.integers(0, 256, (1, 16, 24, 12, 3), dtype=np.uint8)
@@ -109,10 +109,59 @@ def test_hflip_mirrors_images_and_nothing_else():
   asymmetric = rng.integers(0, 256, (1, 16, 24, 24, 3), dtype=np.uint8)
   labels = rng.integers(0, 2, (1, 16)).astype(np.int32)
 
-  def params_after(images, hflip):
-    c = override(repro_mlp_study.get_config(), augment_hflip=hflip, batch_size=16)
+  def params_after(images, augment):
+    c = override(repro_mlp_study.get_config(), augment=augment, batch_size=16)
     return jax.tree.leaves(train_over(make(c), c, {'image': images, 'label': labels}, (0, 1))[0]['params'])
-  for a, b in zip(params_after(symmetric, True), params_after(symmetric, False)):
+  assert repro_mlp_study.get_config().augment == 'flip_lr'
+  for a, b in zip(params_after(symmetric, 'flip_lr'), params_after(symmetric, '')):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-  assert any(not np.allclose(a, b) for a, b in zip(params_after(asymmetric, True),
-                                                   params_after(asymmetric, False)))
+  assert any(not np.allclose(a, b) for a, b in zip(params_after(asymmetric, 'flip_lr'),
+                                                   params_after(asymmetric, '')))
+
+
+def test_the_average_of_the_parameters_follows_its_recurrence_and_is_what_evaluation_uses():
+  """ema_0 = the initial parameters, ema_k = d ema_(k-1) + (1 - d) params_k after each step;
+  evaluation and prediction use it."""
+  config = tiny_config(ema_decay=0.8)
+  steps, host = make(config), random_batches(config, 3)
+  state = steps.init(jax.random.PRNGKey(0))
+  hparams, sums = steps.put_hparams([steps_lib.hyperparameters(config)]), steps.put_sums(1)
+  ema = jax.device_get(state['params'])
+  np.testing.assert_array_equal(jax.tree.leaves(ema)[0], jax.tree.leaves(jax.device_get(state['ema_params']))[0])
+  for i in range(3):
+    state, sums = steps.train(state, hparams, steps.device_put({k: v[i:i + 1] for k, v in host.items()}, block=True),
+                              sums)
+    ema = jax.tree.map(lambda e, p: 0.8 * e + 0.2 * p, ema, jax.device_get(state['params']))
+    assert_close(jax.device_get(state['ema_params']), ema)
+  images = jax.device_put(host['image'][0], steps.data)
+  plain = {k: v for k, v in state.items() if k != 'ema_params'}
+  averaged, raw = ({**plain, 'params': p} for p in (state['ema_params'], state['params']))
+  np.testing.assert_array_equal(steps.eval(state, images), make(tiny_config()).eval(averaged, images))
+  assert not np.allclose(steps.eval(state, images), make(tiny_config()).eval(raw, images))
+  np.testing.assert_allclose(steps.predict(state, images), make(tiny_config()).predict(averaged, images), rtol=1e-6)
+
+
+def test_a_stack_of_trials_differing_in_ema_decay_trains_each_as_alone():
+  configs = [tiny_config(ema_decay=d) for d in (0.5, 0.9)]
+  host = random_batches(configs[0], 2)
+  state, _ = train_stacked(configs, host)
+  for t, c in enumerate(configs):
+    assert_close(jax.tree.map(lambda x: x[t], state)['ema_params'], train_over(make(c), c, host, (0, 1, 2))[0]['ema_params'],
+                 rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('accumulate', [2, 4])
+def test_accumulating_micro_batches_equals_one_batch(accumulate):
+  """SGD without dropout: k micro-batches of b/k give the update, and the sums, of one batch of b."""
+  whole, parts = (tiny_config(optimizer='sgd', grad_accum_steps=k, **{'model.dropout_rate': 0.0})
+                  for k in (1, accumulate))
+  host = random_batches(whole, 2)
+  (state_w, sums_w), (state_p, sums_p) = (train_over(make(c), c, host, (0, 1, 2)) for c in (whole, parts))
+  assert make(parts).eval_batch == make(whole).eval_batch // accumulate
+  assert not np.allclose(jax.tree.leaves(state_w['params'])[0], jax.tree.leaves(steps_init(whole)['params'])[0])
+  assert_close(state_w['params'], state_p['params'], rtol=1e-5, atol=1e-6)
+  assert_close(sums_w, sums_p, rtol=1e-5)
+
+
+def steps_init(config):
+  return jax.device_get(make(config).init(jax.random.PRNGKey(config.seed)))

@@ -22,6 +22,7 @@ from absl import logging
 import jax
 import ml_collections
 
+from comicface import configuration
 from comicface import preemption
 from comicface import errors
 from comicface import workdir as workdirs
@@ -104,7 +105,8 @@ class Plan:
           f'{self.path.parent} holds a search planned for {plan["jobs"]} job(s) ({self.path}), and this job is '
           f'one of {self.shard[1]}. Start every job of it with --config.shard=i/{plan["jobs"]} (0 <= i < '
           f'{plan["jobs"]}), or use a new --workdir for another job count.')
-    diff = sorted(k for k in self.config if plan['config'].get(k) != self.config[k])
+    planned = configuration.identity_now(plan['config'])
+    diff = sorted(k for k in self.config if planned.get(k) != self.config[k])
     if diff:
       raise PlanMismatchError(f'{self.path.parent} holds a search planned for another config (it differs in '
                               f'{", ".join(diff)}): use the config that made it, or a new --workdir.')

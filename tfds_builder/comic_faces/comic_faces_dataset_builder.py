@@ -2,41 +2,27 @@
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import hashlib
 import os
 import pathlib
 import zipfile
-from typing import Iterator, Union
+from typing import Iterator
 
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from comicface import errors
-from comicface import imaging
+from tfds_builder import images
+from tfds_builder.images import AnyPath, LayoutError, TooManyBadImagesError, fingerprint  # noqa: F401
 
 CLASS_NAMES = ('comic', 'face')  # face = 1: "is it a real face?"
 FACE_DIRS = ('faces', 'face')    # v2 names it faces/, v1 face/
 SPLIT_SHARES = (('train', 0.7), ('validation', 0.1), ('test', 0.2))
-# Read once at import: TFDS's builder test mocks `os` while the builder runs.
-MAX_BAD_FRACTION = float(os.environ.get('COMIC_FACES_MAX_BAD_FRACTION', 0.05))
-_THREADS = os.cpu_count()
 LAYOUT = ('a folder holding comics/ and faces/ (v2) or comics/ and face/ (v1), '
           'at any depth under the manual dir, or a .zip holding them '
           '(e.g. face2comics_v2.0.0_by_Sxela/face2comics_v2.0.0_by_Sxela/{comics,faces}/N.jpg)')
 _MAX_DEPTH = 4
-
-AnyPath = Union[pathlib.Path, zipfile.Path]
-
-
-class LayoutError(errors.UserError, FileNotFoundError):
-  """The manual dir does not hold the dataset's folders."""
-
-
-class TooManyBadImagesError(errors.UserError, RuntimeError):
-  """More than the allowed share of images could not be decoded."""
 
 
 @dataclasses.dataclass
@@ -75,10 +61,6 @@ def split_of(pair_id: str) -> str:
   return SPLIT_SHARES[-1][0]
 
 
-def _listing(folder: AnyPath) -> list[str]:
-  return sorted(p.name for p in folder.iterdir())
-
-
 def _candidates(root: AnyPath, depth: int = 0) -> Iterator[AnyPath]:
   """Folders under `root` that hold comics/ and faces/ (or face/)."""
   names = {p.name: p for p in root.iterdir() if p.is_dir()}
@@ -107,14 +89,14 @@ def find_root(manual_dir: os.PathLike | str) -> AnyPath:
     zips = sorted(p for p in manual_dir.glob('*.zip') if zipfile.is_zipfile(p))
   if not found:
     for z in zips:
-      found += list(_candidates(zipfile.Path(zipfile.ZipFile(z))))
+      found += list(_candidates(images.zip_root(z)))
       if found:
         break
   if len(found) > 1:
     raise LayoutError(f'{manual_dir} holds the dataset more than once: '
                       f'{[str(f) for f in found]}. Point the manual dir at one of them.')
   if not found:
-    seen = _listing(manual_dir) if manual_dir.is_dir() else [manual_dir.name]
+    seen = images.listing(manual_dir) if manual_dir.is_dir() else [manual_dir.name]
     raise LayoutError(f'No dataset folders in {manual_dir}. Expected {LAYOUT}. '
                       f'Found instead: {seen[:20] or "an empty folder"}.')
   return found[0]
@@ -126,30 +108,15 @@ def list_items(root: AnyPath) -> list[Item]:
   face_dir = next(dirs[f] for f in FACE_DIRS if f in dirs)
   items = []
   for label, folder in ((0, dirs['comics']), (1, face_dir)):
-    files = sorted((p for p in folder.iterdir() if imaging.is_image_name(p.name)),
-                   key=lambda p: p.name)
+    files = images.images_in(folder)
     if not files:
       raise LayoutError(f'{folder} holds no images. Expected {LAYOUT}; '
-                        f'found: {_listing(folder)[:20] or "an empty folder"}.')
+                        f'found: {images.listing(folder)[:20] or "an empty folder"}.')
     items += [Item(p, label, pathlib.PurePath(p.name).stem, i) for i, p in enumerate(files)]
   return items
 
 
-def fingerprint(items: list[Item]) -> str:
-  """A digest of the source's file names and sizes: which data a build came from."""
-  h = hashlib.sha256()
-  for item in items:
-    size = item.path.stat().st_size if isinstance(item.path, pathlib.Path) else (
-        item.path.root.getinfo(item.path.at).file_size)
-    h.update(f'{item.filename}\0{size}\n'.encode())
-  return h.hexdigest()
-
-
-def _decode(item: Item, size: int, mode: str) -> np.ndarray:
-  return imaging.load_image(item.path.read_bytes(), size, mode)
-
-
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(images.ImageBuilder):
   """DatasetBuilder for comic_faces: one config per stored size and colour."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -167,21 +134,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   {LAYOUT}.
   """
 
-  def __init__(self, *, max_bad_fraction: float | None = None, **kwargs):
-    """`max_bad_fraction`: share of undecodable images in a split above which the build fails.
-
-    Defaults to $COMIC_FACES_MAX_BAD_FRACTION, else 0.05.
-    """
-    super().__init__(**kwargs)
-    self.max_bad_fraction = MAX_BAD_FRACTION if max_bad_fraction is None else max_bad_fraction
+  @staticmethod
+  def source_fingerprint(manual_dir: os.PathLike | str) -> str:
+    """The fingerprint of the source files at `manual_dir` (what a build of them records)."""
+    return fingerprint(list_items(find_root(manual_dir)))
 
   def _info(self) -> tfds.core.DatasetInfo:
-    c = self.builder_config
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
-            # Raw pixels, not PNG: nothing to encode at build time or decode in training.
-            'image': tfds.features.Tensor(shape=(c.size, c.size, 1 if c.mode == 'L' else 3),
-                                          dtype=np.uint8, encoding=tfds.features.Encoding.BYTES),
+            'image': self._image_feature(),
             'label': tfds.features.ClassLabel(names=CLASS_NAMES),
             'pair_id': tfds.features.Text(),
             'filename': tfds.features.Text(),
@@ -193,13 +154,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    try:
-      manual_dir = dl_manager.manual_dir
-    except (AssertionError, OSError):
-      # TFDS refuses a .zip given as the manual dir, and answers a missing or empty
-      # folder with a generic AssertionError; find_root explains what it expected.
-      manual_dir = dl_manager._manual_dir  # pylint: disable=protected-access
-    root = find_root(manual_dir)
+    root = find_root(images.manual_dir_of(dl_manager))
     items = list_items(root)
     counts = collections.Counter((i.pair_id, i.label) for i in items)
     pairs = collections.Counter(pair for pair, _ in counts)
@@ -215,45 +170,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if empty:
       raise LayoutError(f'{root} holds {len(pairs)} pairs, too few: no pair fell in split(s) {empty}. '
                         'Give it at least 25 pairs.')
-    # One pool decodes every split, all cores busy, also while TFDS writes the
-    # previous split; each split reads its results in input order (deterministic).
-    c = self.builder_config
-    pool = concurrent.futures.ThreadPoolExecutor(_THREADS)
-    futures = {name: [pool.submit(_try, _decode, it, c.size, c.mode) for it in by_split[name]]
-               for name, _ in SPLIT_SHARES}
-    last = SPLIT_SHARES[-1][0]
-    return {name: self._generate_examples(name, by_split[name], futures[name], pool, name == last)
-            for name, _ in SPLIT_SHARES}
+    return self._decoded_splits({name: by_split[name] for name, _ in SPLIT_SHARES})
 
-  def _generate_examples(self, split: str, items: list[Item], futures: list,
-                         pool: concurrent.futures.Executor, last: bool):
-    finished = False
-    try:
-      bad = {}
-      for item, future in zip(items, futures):
-        image, error = future.result()
-        if error:
-          logging.warning('Skipping unreadable %s: %s', item.filename, error)
-          bad[item.filename] = error
-          continue
-        yield item.filename, {'image': image, 'label': item.label, 'pair_id': item.pair_id,
-                              'filename': item.filename, 'index_in_class': item.index_in_class}
-      self.info.metadata['bad_files'].update(bad)
-      logging.info('%s: %d images written, %d skipped as unreadable.',
-                   split, len(items) - len(bad), len(bad))
-      if items and len(bad) > self.max_bad_fraction * len(items):
-        raise TooManyBadImagesError(
-            f'{len(bad)} of {len(items)} images in split {split!r} are unreadable, more than '
-            f'max_bad_fraction={self.max_bad_fraction:g}: {sorted(bad.items())[:20]}. '
-            'Check the download, or raise the limit ($COMIC_FACES_MAX_BAD_FRACTION).')
-      finished = True
-    finally:
-      if last or not finished:  # done, failed, or abandoned: stop decoding
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _try(fn, *args):
-  try:
-    return fn(*args), None
-  except (imaging.ImageError, OSError) as e:
-    return None, str(e)
+  def _example(self, item: Item, image: np.ndarray) -> dict:
+    return {'image': image, 'label': item.label, 'pair_id': item.pair_id,
+            'filename': item.filename, 'index_in_class': item.index_in_class}

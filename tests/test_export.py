@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow  # main.py twice, the README's code twice
 
 def readme_snippet() -> str:
   """The README's code that calls an exported model: its indented block that deserializes model.jax."""
-  blocks = [b for b in (ROOT / 'README.md').read_text().split('\n\n')
+  blocks = [b for b in (ROOT / 'docs' / 'evaluation.md').read_text().split('\n\n')
             if 'jax.export.deserialize' in b and all(line.startswith('    ') for line in b.splitlines())]
   assert len(blocks) == 1, blocks
   return '\n'.join(line[4:] for line in blocks[0].splitlines()) + '\n'

@@ -26,8 +26,8 @@ demo: install
 test: install  # two workers: the tests wait on their main.py processes and on single-threaded compiles
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
-test-fast: install  # a one-minute loop: the tests not marked slow
-	$(PY) -m pytest -q -m "not slow"
+test-fast: install  # a loop of about a minute and a half: the tests not marked slow, on two workers
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check --select F,E9 --line-length 110 .

@@ -157,6 +157,7 @@ def run_12(tmp_path_factory):
   return root / 'run', train.train_and_evaluate(config, str(root / 'run'))
 
 
+@pytest.mark.slow  # a trained run of 12 classes
 def test_a_run_of_12_classes_reports_them(run_12):
   workdir, results = run_12
   classes = tuple(json.loads((workdir / 'task.json').read_text())['classes'])
@@ -166,6 +167,7 @@ def test_a_run_of_12_classes_reports_them(run_12):
   assert Image.open(workdir / 'confusion.png').size == (960, 920)
 
 
+@pytest.mark.slow  # a trained run of 12 classes
 @pytest.mark.parametrize('k, shown', [(3, 3), (12, 5)])
 def test_predict_prints_the_top_classes(k, shown, run_12, tmp_path, capsys):
   """`--mode=predict`'s lines: every class's probability, in class order, up to 5 classes;
@@ -195,6 +197,7 @@ def test_predict_prints_the_top_classes(k, shown, run_12, tmp_path, capsys):
     np.testing.assert_allclose([float(p) for _, p in pairs], row[list(order)], atol=1e-4)
 
 
+@pytest.mark.slow  # a trained run of 12 classes
 def test_evaluate_another_folder_of_the_same_classes(run_12, tmp_path, capsys):
   workdir, _ = run_12
   other = synthetic.write_folder(tmp_path / 'other', classes=12, per_class=4, size=30, seed=5)

@@ -69,25 +69,25 @@ def check(tmp_path, *args: str, timeout: float) -> tuple[subprocess.CompletedPro
 
 @pytest.mark.slow
 def test_device_check_runs_on_a_cpu_within_its_limit_and_says_it_found_no_gpu(tmp_path):
-  """Each part runs under its own limit within the whole check's (100 s here: the accelerator's
-  figures may be cut, which its outcome then says), and every outcome is in the summary."""
-  r, out = check(tmp_path, '100', timeout=160)
+  """Every part runs, each under its own limit within the whole check's, and every outcome
+  is in the summary; the accelerator's quick figures come out whole (they are not tested)."""
+  r, out = check(tmp_path, timeout=330)
   summary = dict(line.split(None, 1) for line in (out / 'summary.txt').read_text().splitlines())
   assert list(summary) == ['install', 'versions', 'smoke', 'accelerator'], r.stdout[-3000:]
   assert summary['install'].startswith('nothing to install: no wheels')
-  assert summary['versions'].startswith('ok'), (out / 'versions.log').read_text()
   versions = (out / 'versions.log').read_text()
+  assert summary['versions'].startswith('ok'), versions
   assert 'NO GPU FOUND' in versions and 'NO GPU FOUND' in r.stdout
   assert 'jax 0.' in versions and 'flax 0.' in versions and 'orbax-checkpoint 0.' in versions
   smoke = (out / 'smoke.log').read_text()
-  assert summary['smoke'].startswith(('ok', 'cut')) and 'FAILED' not in smoke, smoke[-3000:]
+  assert summary['smoke'].startswith('ok') and 'smoke: every model ok' in smoke, smoke[-3000:]
   assert '1 x cpu (cpu), jax ' in smoke
-  if summary['smoke'].startswith('ok'):
-    assert 'smoke: every model ok' in smoke
-  assert summary['accelerator'].startswith(('ok', 'cut', 'not run: no time left')), r.stdout[-3000:]
-  if summary['accelerator'].startswith('ok'):
-    assert '(--quick: small models' in (out / 'accelerator.log').read_text()
-  assert r.returncode == (0 if all(s.startswith(('ok', 'nothing')) for s in summary.values()) else 1)
+  accelerator = (out / 'accelerator.log').read_text()
+  assert summary['accelerator'].startswith('ok'), accelerator[-3000:]
+  for line in ('(--quick: small models', 'dense matmul peak', 'CNN train, batch 256', 'CNN grid, 16 trials',
+               'CNN: resident', 'MLP: resident data per device', "the study's 8,000 images", 'all 20,000 images'):
+    assert line in accelerator, (line, accelerator[-2000:])
+  assert r.returncode == 0
 
 
 def test_device_check_refuses_a_limit_that_is_no_number(tmp_path):

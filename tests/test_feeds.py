@@ -43,6 +43,7 @@ CONFIGS = {'cnn': lambda: tiny_config(num_epochs=2),
            'resnet': lambda: small(resnet.get_config('runlocal'))}
 
 
+@pytest.mark.slow  # two whole runs a case
 @pytest.mark.parametrize('stacked', [False, True], ids=['single', 'stacked'])
 @pytest.mark.parametrize('name', list(CONFIGS))
 def test_resident_and_streamed_runs_are_bitwise_equal(name, stacked, tmp_path):

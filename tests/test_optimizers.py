@@ -31,6 +31,7 @@ def test_every_config_field_has_one_role():
   assert set(configuration.ROLES.values()) == {'static', 'value', 'identity', 'budget', 'speed', 'free'}
 
 
+@pytest.mark.slow  # compiles several steps of each kind
 @pytest.mark.parametrize('name', ['adam', 'sgd'])
 def test_the_studies_optimizers_update_as_before(name):
   """Adam and plain SGD at a constant rate, as the studies have them: the update of the earlier
@@ -78,6 +79,7 @@ def test_schedules_warm_up_then_decay_to_zero_at_the_last_step(kind, at, expecte
   np.testing.assert_allclose([float(schedule(jnp.asarray(s))) for s in at], expected, atol=1e-6)
 
 
+@pytest.mark.slow  # compiles several steps of each kind
 def test_weight_decay_is_a_value_of_the_stack():
   """Two trials of one stack differing in weight decay (AdamW) end as each does alone, and apart."""
   configs = [tiny_config(optimizer='adamw', weight_decay=wd) for wd in (0.1, 0.5)]
@@ -144,6 +146,7 @@ def test_a_halving_survivor_keeps_its_place_on_its_cosine_schedule(tmp_path):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5), a, b)
 
 
+@pytest.mark.slow  # two whole runs a case
 @pytest.mark.parametrize('schedule, warmup, selected', [('cosine', 0.0, 2), ('linear', 2.0, 1)],
                          ids=['cosine_selected_before_its_end', 'warmup_longer_than_the_selected_epoch'])
 def test_a_retrained_winner_is_its_trial_at_the_selected_epoch(schedule, warmup, selected, tmp_path):

@@ -50,6 +50,7 @@ def assert_close(a, b, rtol=1e-5, atol=1e-6):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
 
 
+@pytest.mark.slow  # compiles several steps of each kind
 @pytest.mark.parametrize('config', [tiny_config(), mlp.get_config('runlocal'), resnet.get_config('runlocal')],
                          ids=['cnn', 'mlp', 'resnet'])
 def test_blocks_of_steps_match_single_steps(config):
@@ -63,6 +64,7 @@ def test_blocks_of_steps_match_single_steps(config):
   assert_close(sums_1, sums_2)
 
 
+@pytest.mark.slow  # compiles several steps of each kind
 def test_slices_of_the_batch_train_and_predict_as_the_whole_batch():
   """The CNN on slices of 2 images gives the whole batch's loss and parameters (dropout
   included: each example draws its own mask), and its predictions."""
@@ -141,6 +143,7 @@ def test_the_average_of_the_parameters_follows_its_recurrence_and_is_what_evalua
   np.testing.assert_allclose(steps.predict(state, images), make(tiny_config()).predict(averaged, images), rtol=1e-6)
 
 
+@pytest.mark.slow  # compiles several steps of each kind
 def test_a_stack_of_trials_differing_in_ema_decay_trains_each_as_alone():
   configs = [tiny_config(ema_decay=d) for d in (0.5, 0.9)]
   host = random_batches(configs[0], 2)
@@ -150,6 +153,7 @@ def test_a_stack_of_trials_differing_in_ema_decay_trains_each_as_alone():
                  rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # compiles several steps of each kind
 @pytest.mark.parametrize('accumulate', [2, 4])
 def test_accumulating_micro_batches_equals_one_batch(accumulate):
   """SGD without dropout: k micro-batches of b/k give the update, and the sums, of one batch of b."""

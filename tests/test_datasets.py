@@ -16,7 +16,7 @@ from configs import folder
 
 
 def folder_config(source, model='cnn', **fields):
-  """configs/folder.py:runlocal on `source` at 24x24, one epoch of batch 8, a tiny CNN or MLP."""
+  """configs/folder.py:runlocal on `source` at 24x24, one epoch of batch 8, a tiny CNN, MLP or ResNet."""
   config = folder.get_config('runlocal')
   config.dataset.manual_dir = str(source)
   config.dataset.image_size = 24
@@ -26,6 +26,8 @@ def folder_config(source, model='cnn', **fields):
   if model == 'mlp':
     config.model = {'name': 'mlp', 'hidden': (16,), 'input_scaling': 'unit'}
     config.speed.predict_chunk = config.speed.cpu_slice_images = 0
+  if model == 'resnet':
+    config.model = {'name': 'resnet', 'widths': (8, 16), 'blocks_per_stage': 1, 'input_scaling': 'unit'}
   for dotted, value in fields.items():
     node, leaf = configuration.parent(config, dotted)
     node[leaf] = value
@@ -225,7 +227,7 @@ def test_preparing_that_needs_tensorflow_says_so(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('source, model', [('three', 'cnn'), ('three', 'mlp'), ('twelve', 'cnn')])
+@pytest.mark.parametrize('source, model', [('three', 'cnn'), ('three', 'mlp'), ('three', 'resnet'), ('twelve', 'cnn')])
 def test_folder_trains_end_to_end(source, model, request, tmp_path):
   config = folder_config(request.getfixturevalue(source), model)
   results = train.train_and_evaluate(config, str(tmp_path / 'w'))

@@ -3,7 +3,8 @@
     python -m bench.generic_data [--pairs 1000] [--rounds 2] [--epochs 4]
 
 - comic_faces/rgb24 on a generated stand-in against the same files laid out as a 2-class
-  folder (`config.dataset.name='folder'`, 24x24 RGB): the CNN's images/s over the epochs
+  folder (`config.dataset.name='folder'`, 24x24 RGB, splits carved in comic_faces' shares
+  70/10/20): the CNN's images/s over the epochs
   after the first (training and validation: `bench.accelerator.run_figures`), alternating
   A B A B, and each one's test accuracy;
 - the CNN on a generated 10-class folder at 32x32 grey (`synthetic.write_folder`): its
@@ -54,7 +55,8 @@ def main() -> None:
       'comic_faces/rgb24': cnn(a.epochs, name='comic_faces/rgb24', manual_dir=str(source),
                                data_dir=str(root / 'tfds')),
       'folder, the same images at 24x24 RGB': cnn(a.epochs, name='folder', manual_dir=str(folder), image_size=24,
-                                                  mode='RGB', split_scheme='own', data_dir=str(root / 'tfds')),
+                                                  mode='RGB', split_scheme='own', test_fraction=0.2,  # as 'pairs'
+                                                  data_dir=str(root / 'tfds')),
       'folder, 10 classes at 32x32 grey': cnn(a.epochs, name='folder', manual_dir=str(ten), image_size=32, mode='L',
                                               split_scheme='own', data_dir=str(root / 'tfds')),
   }

@@ -3,10 +3,10 @@
     python -m bench.generic_data [--pairs 1000] [--rounds 2] [--epochs 4]
 
 - comic_faces/rgb24 on a generated stand-in against the same files laid out as a 2-class
-  folder (`config.dataset.name='folder'`, 24x24 RGB, splits carved in comic_faces' shares
-  70/10/20): the CNN's images/s over the epochs
-  after the first (training and validation: `bench.accelerator.run_figures`), alternating
-  A B A B, and each one's test accuracy;
+  folder (`config.dataset.name='folder'`, 24x24 RGB, splits carved to the sizes of
+  comic_faces' pair-grouped ones): the CNN's images/s over the epochs after the first
+  (training and validation: `bench.accelerator.run_figures`), the order of the cases
+  reversed every other round, and each one's test accuracy;
 - the CNN on a generated 10-class folder at 32x32 grey (`synthetic.write_folder`): its
   test accuracy and images/s.
 The rates leave out each build and compile: they are read over the epochs after the first.
@@ -22,7 +22,7 @@ import ml_collections
 import tensorflow_datasets as tfds
 
 from bench.accelerator import run_figures
-from comicface import synthetic, train
+from comicface import input_pipeline, synthetic, train
 from configs import default
 
 
@@ -31,6 +31,14 @@ def cnn(epochs: int, **dataset) -> ml_collections.ConfigDict:
   config.num_epochs, config.log_every_steps, config.checkpoint_seconds = epochs, 10 ** 6, 10 ** 6
   config.dataset.update(dataset)
   return config
+
+
+def same_splits(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, float]:
+  """The carved splits' fractions that give a folder of the same images the sizes of the
+  pair-grouped splits of `config`'s comic_faces build (built here)."""
+  splits = input_pipeline.prepare(config, str(workdir)).info.splits
+  total = sum(s.num_examples for s in splits.values())
+  return {f'{name}_fraction': splits[name].num_examples / total for name in ('validation', 'test')}
 
 
 def main() -> None:
@@ -51,18 +59,18 @@ def main() -> None:
     for path in (source / synthetic.V2_INNER / kind).iterdir():
       (folder / name / path.name).symlink_to(path)
   ten = synthetic.write_folder(root / 'ten_classes', classes=10, per_class=a.per_class, size=48)
+  own = cnn(a.epochs, name='comic_faces/rgb24', manual_dir=str(source), data_dir=str(root / 'tfds'))
   cases = {
-      'comic_faces/rgb24': cnn(a.epochs, name='comic_faces/rgb24', manual_dir=str(source),
-                               data_dir=str(root / 'tfds')),
+      'comic_faces/rgb24': own,
       'folder, the same images at 24x24 RGB': cnn(a.epochs, name='folder', manual_dir=str(folder), image_size=24,
-                                                  mode='RGB', split_scheme='own', test_fraction=0.2,  # as 'pairs'
-                                                  data_dir=str(root / 'tfds')),
+                                                  mode='RGB', split_scheme='own', data_dir=str(root / 'tfds'),
+                                                  **same_splits(own, root / 'build')),
       'folder, 10 classes at 32x32 grey': cnn(a.epochs, name='folder', manual_dir=str(ten), image_size=32, mode='L',
                                               split_scheme='own', data_dir=str(root / 'tfds')),
   }
   figures = {name: [] for name in cases}
   for i in range(a.rounds):
-    for name, config in cases.items():
+    for name, config in (cases.items() if i % 2 == 0 else reversed(cases.items())):  # A B, then B A
       workdir = root / f'{len(figures[name])}_{name.replace("/", "_").replace(" ", "_")}'
       rate = run_figures(config, workdir)['img_s']
       accuracy = train.train_and_evaluate(config, str(workdir))['test_accuracy']  # finished: it only tests

@@ -34,8 +34,6 @@ from comicface import stats
 from comicface import steps as steps_lib
 from comicface import train
 from comicface import workdir as workdirs
-from tfds_builder.comic_faces import comic_faces_dataset_builder as comic_faces
-from tfds_builder.image_folder import image_folder_dataset_builder as image_folder
 
 ALL = 'all'  # --split=all: every example of the data
 SHOWN = 5  # --mode=predict prints every class's probability up to this many classes, else the top ones
@@ -208,8 +206,7 @@ class Model:
       raise ClassesError(f'{source} holds the classes {list(classes)}; the model in {self.folder} tells apart '
                          f'{list(self.classes)}: give a folder of a subfolder for each of those, named so that they '
                          'sort in that order.')
-    builder = comic_faces.Builder if input_pipeline.kind(ds.name) == 'comic_faces' else image_folder.Builder
-    return f'{re.sub(r"[^A-Za-z0-9_.]+", "_", source.name)}-{builder.source_fingerprint(source)[:8]}'
+    return f'{re.sub(r"[^A-Za-z0-9_.]+", "_", source.name)}-{input_pipeline.source_fingerprint(ds, source)[:8]}'
 
   def evaluate(self, data: str | None = None, split: str = 'test', data_dir: str | None = None) -> dict[str, Any]:
     """Every metric (metrics.py; accuracy and loss also on their own), the accuracy's 95%

@@ -161,6 +161,14 @@ def _agreed(verdict: str, member: int) -> tuple[str, int]:
   return order[int(worst[0])], int(worst[1])
 
 
+def _delete_newer(managers: Sequence[ocp.CheckpointManager], step: int) -> None:
+  """Deletes the checkpoints after `step` of each of `managers` (of a stack resumed at `step`)."""
+  for manager in managers:
+    for newer in (s for s in manager.all_steps() if s > step):
+      logging.warning('Deleting checkpoint %d of %s, newer than the others of its stack.', newer, manager.directory)
+      manager.delete(newer)
+
+
 def restore_latest(managers: Sequence[ocp.CheckpointManager],
                    targets: Sequence[Any]) -> list[tuple[Any, dict]] | None:
   """The newest step that every manager holds and reads back, restored from each (into the
@@ -175,6 +183,7 @@ def restore_latest(managers: Sequence[ocp.CheckpointManager],
   while True:
     common = set.intersection(*(set(m.all_steps()) for m in managers))
     if not common:
+      _delete_newer(managers, -1)  # a first save that a kill cut short in some managers
       return None
     step, restored, verdict, failed, cause = max(common), [], 'ok', 0, 'in another process'
     for i, (manager, target) in enumerate(zip(managers, targets)):
@@ -186,11 +195,7 @@ def restore_latest(managers: Sequence[ocp.CheckpointManager],
         break
     verdict, failed = _agreed(verdict, failed)
     if verdict == 'ok':
-      for manager in managers:
-        for newer in (s for s in manager.all_steps() if s > step):
-          logging.warning('Deleting checkpoint %d of %s, newer than the others of its stack.', newer,
-                          manager.directory)
-          manager.delete(newer)
+      _delete_newer(managers, step)
       return restored
     folder = pathlib.Path(managers[failed].directory) / str(step)
     if verdict == 'error':

@@ -108,9 +108,13 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path, flags, tria
   workdir = tmp_path / 'w'
   proc = subprocess.Popen(main_cmd(workdir, base=flags), cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
-  wait_for(proc, 'epoch 2/3 step')  # in its second epoch, once the first's checkpoint is written:
+  wait_for(proc, 'epoch 2/3 step')  # in its second epoch, once every member's first checkpoint is written:
+
+  def saved() -> bool:
+    folders = list(workdir.glob('**/checkpoints'))
+    return len(folders) == (trials or 1) and all(any(p.name.isdigit() for p in f.iterdir()) for f in folders)
   deadline = time.time() + 60
-  while not any(p.name.isdigit() for p in workdir.glob('**/checkpoints/*')) and time.time() < deadline:
+  while not saved() and time.time() < deadline:
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()

@@ -362,3 +362,23 @@ def test_two_runs_on_one_workdir_exactly_one_trains(tmp_path):
   first.send_signal(signal.SIGTERM)  # the first saves and stops
   _, rest = first.communicate(timeout=300)
   assert first.returncode == 0 and 'SIGTERM received' in rest, (seen + rest)[-3000:]
+
+
+def test_a_first_save_cut_short_in_a_stack_is_deleted_on_resume(tmp_path):
+  """Two members of a stack, a kill after the first's first checkpoint and before the
+  second's: the resume starts fresh, and the lone checkpoint is deleted, so that training
+  writes it again."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from comicface import checkpointing  # pylint: disable=g-import-not-at-top
+  managers = [checkpointing.manager(str(tmp_path / name), 2, 'val_accuracy') for name in ('a', 'b')]
+  state = {'w': jnp.ones(3)}
+  checkpointing.save(managers[0], 12, state, {'history': []})
+  checkpointing.wait(managers[0])
+  assert managers[0].all_steps() == [12] and not managers[1].all_steps()  # the premise: one member saved
+  assert checkpointing.restore_latest(managers, [state, state]) is None
+  assert not managers[0].all_steps()
+  checkpointing.save(managers[0], 12, state, {'history': []})  # trained again: written again
+  checkpointing.wait(managers[0])
+  assert managers[0].all_steps() == [12]
+  for manager in managers:
+    manager.close()

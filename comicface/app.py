@@ -97,15 +97,15 @@ def _run(config, workdir, mode, *, split, step, images, data, data_dir) -> int:
 
 
 def print_predictions(model: inference.Model, paths: Sequence[str]) -> int:
-  """Prints `PATH<TAB>class<TAB>class=p ...` (`model.top`'s probabilities) for each readable
-  image of `paths`, `PATH<TAB>error<TAB>why` for each other one; returns 1
-  if any failed, else 0."""
+  """Prints `PATH<TAB>class<TAB>class=p<TAB>class=p...` (`model.top`'s probabilities; tabs,
+  as class names may hold spaces) for each readable image of `paths`, `PATH<TAB>error<TAB>why`
+  for each other one; returns 1 if any failed, else 0."""
   failed = 0
   for path, probs, why in model.predict_files(paths):
     if probs is None:
       failed += 1
       print(f'{path}\terror\t{why}', flush=True)
     else:
-      shown = ' '.join(f'{c}={p:.4f}' for c, p in model.top(probs))
+      shown = '\t'.join(f'{c}={p:.4f}' for c, p in model.top(probs))
       print(f'{path}\t{model.classes[int(probs.argmax())]}\t{shown}', flush=True)
   return 1 if failed else 0

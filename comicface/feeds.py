@@ -173,7 +173,7 @@ class Resident:
     self.eval_batches = -(-n // b)
     positions = np.zeros(-(-len(split.source) // b) * b, np.int32)  # room for any split of the build
     positions[:self.eval_batches * b] = split.index[np.minimum(np.arange(self.eval_batches * b), n - 1)]
-    self._eval = _put_replicated((positions.reshape(-1, b), np.zeros((), np.int32)), self.replicated)
+    self.eval_inputs = _put_replicated((positions.reshape(-1, b), np.zeros((), np.int32)), self.replicated)
 
   def train_calls(self, steps: steps_lib.Steps, seed: int, epoch: int, start: int) -> Iterator[tuple[int, TrainCall]]:
     per_epoch = self.split.num_examples // self.split.global_batch
@@ -188,7 +188,7 @@ class Resident:
           state, hparams, self.data, on_devices, sums, count)
 
   def eval_outputs(self, steps: steps_lib.Steps, state: steps_lib.State) -> Iterator[jax.Array]:
-    positions, index = self._eval
+    positions, index = self.eval_inputs
     for _ in range(self.eval_batches):
       log_probs, index = steps.eval_resident(state, self.data['image'], positions, index)
       yield log_probs

@@ -30,6 +30,7 @@ from comicface import imaging
 from comicface import synthetic
 from comicface import workdir as workdirs
 from comicface import splits
+from tfds_builder import images
 from tfds_builder.comic_faces import comic_faces_dataset_builder as comic_faces
 from tfds_builder.image_folder import image_folder_dataset_builder as image_folder
 
@@ -55,8 +56,8 @@ def kind(dataset_name: str) -> str:
   return 'folder' if dataset_name == FOLDER else 'tfds'
 
 
-def builder_config(dataset_name: str) -> comic_faces.ComicFacesConfig:
-  """The `ComicFacesConfig` named by 'comic_faces/<config>'."""
+def builder_config(dataset_name: str) -> images.ImagesConfig:
+  """The comic_faces builder config named by 'comic_faces/<config>'."""
   name, _, config = dataset_name.partition('/')
   configs = comic_faces.Builder.builder_configs
   if name != 'comic_faces' or config not in configs:

@@ -54,7 +54,7 @@ def test_predict_bad_files_get_error_lines(tmp_path):
                f'--images={imgs / "*"},{imgs / "missing.jpg"}')
   lines = dict(line.split('\t', 1) for line in r.stdout.splitlines())
   assert r.returncode == 1  # some failed
-  label, probs = lines[str(imgs / 'good.jpg')].split('\t')
+  label, probs = lines[str(imgs / 'good.jpg')].split('\t', 1)
   assert label in ('face', 'comic') and f'{label}=' in probs
   for bad in ('a_directory.jpg', 'corrupt.jpg', 'notes.png', 'huge.png', 'missing.jpg'):
     assert lines[str(imgs / bad)].startswith('error\t'), bad

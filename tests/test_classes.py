@@ -138,10 +138,11 @@ def test_report_of_many_classes(k, tmp_path):
     assert 'val_class_accuracy' not in text.split('## Curves')[1].split('![curves]')[0]
 
 
-def model_of(k: int, workdir) -> inference.Model:
-  """An untrained CNN of k classes, as inference.load restores one: Steps of its task, fresh parameters."""
+def model_of(k: int, workdir, classes: tuple[str, ...] = ()) -> inference.Model:
+  """An untrained CNN of k classes (`classes`, default `names_of(k)`), as inference.load restores
+  one: Steps of its task, fresh parameters."""
   config = tiny_config()
-  task = input_pipeline.Task(names_of(k), (24, 24, 3))
+  task = input_pipeline.Task(classes or names_of(k), (24, 24, 3))
   steps = steps_lib.Steps(steps_lib.static_config(config), k, task.image_shape, steps_lib.make_mesh())
   return inference.Model(str(workdir), str(workdir), config, task, steps, steps.init(jax.random.PRNGKey(k)), 1, True)
 
@@ -171,7 +172,8 @@ def test_a_run_of_12_classes_reports_them(run_12):
 @pytest.mark.parametrize('k, shown', [(3, 3), (12, 5)])
 def test_predict_prints_the_top_classes(k, shown, run_12, tmp_path, capsys):
   """`--mode=predict`'s lines: every class's probability, in class order, up to 5 classes;
-  the 5 most probable, most probable first, beyond (12: the trained run, through app.run)."""
+  the 5 most probable, most probable first, beyond (12: the trained run, through app.run;
+  3: names that hold a space and an '=', read back by splitting at tabs)."""
   rng = np.random.default_rng(k)
   paths = []
   for i in range(3):
@@ -182,14 +184,14 @@ def test_predict_prints_the_top_classes(k, shown, run_12, tmp_path, capsys):
     model = inference.load(str(run_12[0]))
     assert app.run(None, str(run_12[0]), 'predict', images=[str(tmp_path / '*.png'), missing]) == 1
   else:
-    model = model_of(k, tmp_path)
+    model = model_of(k, tmp_path, ('pink primrose', 'a=b', 'sweet pea'))  # a space, an '='
     assert app.print_predictions(model, [*paths, missing]) == 1
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 4 and lines[-1].startswith(f'{missing}\terror\t')
   probs = model.predict(paths)
   for path, row, line in zip(paths, probs, lines):
-    printed_path, label, pairs = line.split('\t')
-    pairs = [pair.split('=') for pair in pairs.split(' ')]
+    printed_path, label, *pairs = line.split('\t')
+    pairs = [pair.rsplit('=', 1) for pair in pairs]
     assert printed_path == path and label == model.classes[row.argmax()] and len(pairs) == shown
     order = np.argsort(-row)[:shown] if k > 5 else range(k)
     assert k <= 5 or list(order) != list(range(shown))  # the premise: the most probable are not the first

@@ -6,12 +6,14 @@ import pathlib
 import shutil
 
 from etils import epath
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from comicface import configuration, errors, imaging, input_pipeline, splits, synthetic, train
-from conftest import REAL_SAMPLE
+from bench import generic_data
+from conftest import REAL_SAMPLE, tiny_config
 from configs import folder
 
 
@@ -188,6 +190,30 @@ class NeedsTensorflow(tfds.core.GeneratorBasedBuilder):
       yield i, {'image': np.zeros((8, 8, 3), np.uint8), 'label': i % 2}
 
 
+class NeedsDownload(tfds.core.GeneratorBasedBuilder):
+  """A TFDS dataset whose preparing downloads a file (from a port where nothing listens here)."""
+  VERSION = tfds.core.Version('1.0.0')
+  pkg_dir_path = epath.Path(__file__).parent
+
+  def _info(self):
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(8, 8, 3)), 'label': tfds.features.ClassLabel(num_classes=2)}))
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(dl_manager.download('http://127.0.0.1:9/images.npz'))}
+
+  def _generate_examples(self, path):
+    raise AssertionError(f'{path} was downloaded: nothing listens on port 9 here')
+
+
+class NeedsManualFiles(NeedsDownload):
+  """A TFDS dataset prepared from files a user puts in its manual dir."""
+  MANUAL_DOWNLOAD_INSTRUCTIONS = 'Put images.npz in the manual dir.'
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(dl_manager.manual_dir / 'images.npz')}
+
+
 def tfds_config(data_dir, **fields):
   return folder_config('', **{'dataset.name': 'tiny_stripes', 'dataset.data_dir': str(data_dir),
                               'dataset.image_key': 'picture', 'dataset.label_key': 'kind',
@@ -224,6 +250,53 @@ def test_preparing_that_needs_tensorflow_says_so(tmp_path):
   config = folder_config('', **{'dataset.name': 'needs_tensorflow', 'dataset.data_dir': str(tmp_path)})
   with pytest.raises(input_pipeline.PrepareError, match='needs a module .*pip install tensorflow-cpu'):
     input_pipeline.prepare(config, str(tmp_path / 'w'))
+
+
+@pytest.mark.parametrize('name, cause', [('needs_download', 'Connection refused'),
+                                         ('needs_manual_files', 'does not exist or is empty')])
+def test_preparing_that_needs_a_download_or_manual_files_says_so(name, cause, tmp_path, monkeypatch):
+  monkeypatch.setattr('tensorflow_datasets.core.download.downloader.MAX_RETRIES', 0)  # TFDS backs off for minutes offline
+  config = folder_config('', **{'dataset.name': name, 'dataset.data_dir': str(tmp_path)})
+  with pytest.raises(input_pipeline.PrepareError, match=f'needs a download .*{cause}.*tfds build {name} '):
+    input_pipeline.prepare(config, str(tmp_path / 'w'))
+  assert not list(tmp_path.glob(f'{name}/*/*.array_record*'))  # nothing half-prepared left to be read
+
+
+def resident_programs(run: train.Run) -> dict[str, str]:
+  """The compiled programs of `run`'s epoch on resident data (train, then evaluate), as text."""
+  spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  steps, feed = run.steps, run.train
+  replicated = lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=steps.replicated)
+  epoch = {'order': replicated(np.zeros(len(feed.split.source), np.int32)), 'first': replicated(np.int32(0))}
+  positions, index = run.validation.eval_inputs
+  sums = steps.put_sums(1)
+  trees = lambda *trees: jax.tree.map(spec, trees)
+  return {'train': steps.train_resident.lower(*trees(run.state, run.hparams, feed.data), epoch, trees(sums)[0],
+                                              steps.steps_per_call).as_text(),
+          'eval': steps.eval_resident.lower(*trees(run.state, feed.data['image'], positions, index)).as_text()}
+
+
+def test_the_same_images_as_a_folder_run_comic_faces_own_programs(source_40, tmp_path):
+  """The generic path is not slower than comic_faces' own: the same images as a 2-class
+  folder, its splits carved to comic_faces' sizes (bench.generic_data's two cases), train
+  and evaluate by the same compiled programs on resident builds of the same shape."""
+  own = tiny_config(**{'dataset.name': 'comic_faces/rgb24', 'dataset.manual_dir': str(source_40),
+                       'dataset.data_dir': str(tmp_path / 'tfds')})
+  same = tiny_config(**{'dataset.name': 'folder', 'dataset.image_size': 24, 'dataset.mode': 'RGB',
+                        'dataset.split_scheme': 'own', 'dataset.data_dir': str(tmp_path / 'tfds'),
+                        'dataset.manual_dir': str(generic_data.as_folder(source_40, tmp_path / 'folder')),
+                        **{f'dataset.{k}': v for k, v in generic_data.same_splits(own, tmp_path / 'build').items()}})
+  runs = [train.setup(config, str(tmp_path / name)) for name, config in (('own', own), ('folder', same))]
+  try:
+    sizes = [(r.train.split.num_examples, r.validation.split.num_examples, len(r.train.split.source)) for r in runs]
+    assert sizes[0] == sizes[1] and all(r.train.resident and r.validation.resident for r in runs), sizes
+    assert [r.builder.builder.name for r in runs] == ['comic_faces', 'image_folder']  # two builders
+    own_programs, folder_programs = (resident_programs(r) for r in runs)
+    for name, text in own_programs.items():
+      assert folder_programs[name] == text, f'the folder\'s {name} program differs from comic_faces\' own'
+  finally:
+    for run in runs:
+      run.close()
 
 
 @pytest.mark.slow

@@ -68,7 +68,7 @@ def test_the_exported_model_called_as_the_readme_shows_predicts_as_predict_does(
   (user / 'runs' / 'default').symlink_to(workdir)
   predicted = run_main(workdir, '--mode=predict', f'--images={user / "photos" / "*"}', base=[])
   assert predicted.returncode == 0, predicted.stderr[-3000:]
-  printed = {pathlib.Path(line.split('\t')[0]).name: [float(kv.split('=')[1]) for kv in line.split('\t')[2].split()]
+  printed = {pathlib.Path(line.split('\t')[0]).name: [float(kv.rsplit('=', 1)[1]) for kv in line.split('\t')[2:]]
              for line in predicted.stdout.splitlines()}
   assert sorted(printed) == names and len(names) == 24
   assert len({round(p[0], 2) for p in printed.values()}) > 4  # the premise: the images are told apart

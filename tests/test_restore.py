@@ -57,8 +57,8 @@ def test_grid_workdir_predicts_as_the_api_does(grid_workdir, tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   printed = {}
   for line in r.stdout.splitlines():
-    path, label, probs = line.split('\t')
-    printed[path] = (label, [float(kv.split('=')[1]) for kv in probs.split()])
+    path, label, *probs = line.split('\t')
+    printed[path] = (label, [float(kv.rsplit('=', 1)[1]) for kv in probs])
   assert len(printed) == 6
   import comicface  # pylint: disable=g-import-not-at-top
   model = comicface.load(str(workdir))

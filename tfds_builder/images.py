@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures
+import dataclasses
 import hashlib
 import os
 import pathlib
@@ -31,6 +32,13 @@ class LayoutError(errors.UserError, FileNotFoundError):
 
 class TooManyBadImagesError(errors.UserError, RuntimeError):
   """More than the allowed share of images could not be decoded."""
+
+
+@dataclasses.dataclass
+class ImagesConfig(tfds.core.BuilderConfig):
+  """One stored form of a source's images: side length and colour mode ('L' or 'RGB')."""
+  size: int = 128
+  mode: str = 'L'
 
 
 class Item(Protocol):

@@ -25,16 +25,9 @@ LAYOUT = ('a folder holding comics/ and faces/ (v2) or comics/ and face/ (v1), '
 _MAX_DEPTH = 4
 
 
-@dataclasses.dataclass
-class ComicFacesConfig(tfds.core.BuilderConfig):
-  """One stored form of the images: side length and colour mode ('L' or 'RGB')."""
-  size: int = 128
-  mode: str = 'L'
-
-
-def _config(name: str, size: int, mode: str) -> ComicFacesConfig:
+def _config(name: str, size: int, mode: str) -> images.ImagesConfig:
   colour = 'grayscale' if mode == 'L' else 'RGB'
-  return ComicFacesConfig(name=name, size=size, mode=mode,
+  return images.ImagesConfig(name=name, size=size, mode=mode,
                           description=f'{colour} {size}x{size}')
 
 

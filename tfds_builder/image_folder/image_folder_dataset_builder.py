@@ -30,10 +30,8 @@ _MAX_DEPTH = 4
 
 
 @dataclasses.dataclass
-class FolderConfig(tfds.core.BuilderConfig):
+class FolderConfig(images.ImagesConfig):
   """One source folder stored at one side length and colour mode, with its class names."""
-  size: int = 64
-  mode: str = 'RGB'
   classes: tuple[str, ...] = ()
 
 

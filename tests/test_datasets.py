@@ -268,12 +268,10 @@ def resident_programs(run: train.Run) -> dict[str, str]:
   steps, feed = run.steps, run.train
   replicated = lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=steps.replicated)
   epoch = {'order': replicated(np.zeros(len(feed.split.source), np.int32)), 'first': replicated(np.int32(0))}
-  positions, index = run.validation.eval_inputs
-  sums = steps.put_sums(1)
-  trees = lambda *trees: jax.tree.map(spec, trees)
-  return {'train': steps.train_resident.lower(*trees(run.state, run.hparams, feed.data), epoch, trees(sums)[0],
-                                              steps.steps_per_call).as_text(),
-          'eval': steps.eval_resident.lower(*trees(run.state, feed.data['image'], positions, index)).as_text()}
+  state, hparams, data, sums = jax.tree.map(spec, (run.state, run.hparams, feed.data, steps.put_sums(1)))
+  positions, index = jax.tree.map(spec, run.validation.eval_inputs)
+  return {'train': steps.train_resident.lower(state, hparams, data, epoch, sums, steps.steps_per_call).as_text(),
+          'eval': steps.eval_resident.lower(state, data['image'], positions, index).as_text()}
 
 
 def test_the_same_images_as_a_folder_run_comic_faces_own_programs(source_40, tmp_path):

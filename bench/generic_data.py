@@ -105,7 +105,7 @@ def main() -> None:
     r = rates[name]
     print(f'{name}: median {statistics.median(r):,.1f} img/s over {len(r)} epochs (quartiles '
           f'{np.percentile(r, 25):,.1f} to {np.percentile(r, 75):,.1f}), test accuracy {accuracy:.4f}', flush=True)
-  ratios = [b / a for a, b in zip(*rates.values())]
+  ratios = [folder / own for own, folder in zip(*rates.values())]
   print(f'the folder\'s epoch against the comic_faces epoch beside it: median {statistics.median(ratios):.3f} '
         f'(quartiles {np.percentile(ratios, 25):.3f} to {np.percentile(ratios, 75):.3f}, {len(ratios)} pairs)',
         flush=True)

@@ -86,9 +86,8 @@ class Decide(Action):
   which the actions after it act on; between those points `Run.requests` asks for
   nothing. Its clock restarts at each agreed checkpoint."""
 
-  def __init__(self, run: Run):
+  def __init__(self):
     self.last_checkpoint = time.monotonic()
-    run.requests = Requests()
 
   def _decide(self, run: Run, epoch_end: bool) -> None:
     due = epoch_end and time.monotonic() - self.last_checkpoint >= run.config.checkpoint_seconds
@@ -251,6 +250,6 @@ def standard(run: Run, stop_on_nonfinite: bool = True) -> list[Action]:
   """The actions of a training run, in the order they must run after an epoch (the
   requests agreed first, the finite check before the checkpoint, the preemption check after it). A search's
   trials may diverge alone (`stop_on_nonfinite=False`): their NaN ranks them last."""
-  return [Decide(run), ReportProgress(run), *([StopOnNonFinite()] if stop_on_nonfinite else []),
+  return [Decide(), ReportProgress(run), *([StopOnNonFinite()] if stop_on_nonfinite else []),
           WriteTensorBoard(run), SaveCheckpoints(), EarlyStopping(), StopOnPreemption(stop_on_nonfinite),
           StopOnLostHold()]

@@ -72,13 +72,9 @@ def _run(config, workdir, mode, *, split, step, images, data, data_dir) -> int:
   if mode == 'predict' and not images:
     raise errors.ConfigError("--mode=predict needs --images='GLOB' (comma-separated for several).")
   # Imported here so a bad config or flag fails before the heavier imports.
-  from comicface import inference, preemption, search, train  # pylint: disable=g-import-not-at-top
-  if mode == 'train':  # each returns None if preempted: exit 0, and a rerun resumes
-    with preemption.handle_sigterm():  # from the start: SIGTERM also ends a wait for the workdir's hold
-      try:
-        (search.run if config.grid else train.train_and_evaluate)(config, workdir)
-      except preemption.Preempted:  # raised by that wait, which said so
-        pass
+  from comicface import inference, search, train  # pylint: disable=g-import-not-at-top
+  if mode == 'train':  # each returns None if preempted (SIGTERM, even while waiting for the workdir): exit 0
+    (search.run if config.grid else train.train_and_evaluate)(config, workdir)
     return 0
   model = inference.load(workdir, config, step)
   if mode == 'export':

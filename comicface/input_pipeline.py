@@ -147,13 +147,14 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Dataset:
   """
   ds = config.dataset
   manual_dir, data_dir, stand_in = source_dirs(ds, workdir)
+  source = None  # (builder class, config) of a comic_faces or folder source, once its files are there
   if kind(ds.name) == 'tfds':
     lock = pathlib.Path(data_dir) / ds.name.split('/')[0]
   elif stand_in:
     lock = manual_dir
   else:
-    builder_cls, builder_cfg = _builder_of(ds, manual_dir)
-    lock = build_dataset.build_dir(builder_cfg, data_dir, builder_cls).parent
+    source = _builder_of(ds, manual_dir)
+    lock = build_dataset.build_dir(source[1], data_dir, source[0]).parent
   for turn in range(2):
     if (jax.process_index() == 0) == (turn == 0):
       lock.mkdir(parents=True, exist_ok=True)
@@ -163,7 +164,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Dataset:
         if kind(ds.name) == 'tfds':
           builder = _prepare_tfds(ds, manual_dir, data_dir)
         else:
-          builder = _build(ds, manual_dir, data_dir, *_builder_of(ds, manual_dir))
+          builder = _build(ds, manual_dir, data_dir, *(source or _builder_of(ds, manual_dir)))
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'comicface dataset prepared, turn {turn}')
   dataset = Dataset(builder, ds)

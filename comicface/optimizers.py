@@ -76,9 +76,10 @@ class Optimizer:
   @classmethod
   def of(cls, config: ml_collections.ConfigDict, steps_per_epoch: int) -> Optimizer:
     """The optimizer of `config` (or of its `steps.static_config`), for a run of that many steps an epoch."""
-    return cls(config.optimizer, config.momentum, config.nesterov, config.grad_clip_norm, config.weight_decay > 0,
+    on = switches(config)
+    return cls(config.optimizer, config.momentum, config.nesterov, config.grad_clip_norm, on['weight_decay'],
                schedule(config.schedule, config.warmup_epochs, schedule_epochs(config), steps_per_epoch),
-               config.ema_decay > 0)
+               on['ema_decay'])
 
   @property
   def _stateful(self) -> optax.GradientTransformation:

@@ -332,9 +332,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns None if preempted (a checkpoint was saved; rerun to resume). `make_steps`: see `setup`.
   """
   workdirs.check(config, workdir)
-  with preemption.handle_sigterm(), workdirs.Hold(workdir, wait=workdirs.TAKEOVER_SECONDS):
-    workdirs.claim(config, workdir)
-    return _train_and_evaluate(config, workdir, make_steps)
+  with preemption.handle_sigterm():  # from the start: SIGTERM also ends a wait for the workdir's hold
+    try:
+      with workdirs.Hold(workdir, wait=workdirs.TAKEOVER_SECONDS):
+        workdirs.claim(config, workdir)
+        return _train_and_evaluate(config, workdir, make_steps)
+    except preemption.Preempted:  # raised by that wait, which said so
+      return None
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

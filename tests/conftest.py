@@ -71,6 +71,19 @@ def tiny_config(**overrides):
   return override(config, **overrides)
 
 
+def read_predictions(stdout: str) -> tuple[dict[str, tuple[str, list[tuple[str, float]]]], dict[str, str]]:
+  """`--mode=predict`'s lines read back, split at tabs: ({PATH: (class, [(class, probability),
+  ...])}, {PATH: why} of its error lines), each in the printed order."""
+  shown, errors = {}, {}
+  for line in stdout.splitlines():
+    path, label, *rest = line.split('\t')
+    if label == 'error':
+      errors[path], = rest
+    else:
+      shown[path] = (label, [(name, float(p)) for name, p in (pair.rsplit('=', 1) for pair in rest)])
+  return shown, errors
+
+
 class Compiles:
   """Counts XLA compilations by function name while entered (JAX's own compile event)."""
 

@@ -7,6 +7,7 @@ import subprocess
 from PIL import Image
 import pytest
 
+from conftest import read_predictions
 from test_reliability import run_main
 
 pytestmark = pytest.mark.slow  # each test starts main.py or trains for seconds
@@ -52,13 +53,13 @@ def test_predict_bad_files_get_error_lines(tmp_path):
   Image.new('1', (9000, 9000)).save(imgs / 'huge.png')
   r = run_main(workdir, '--config.num_epochs=1', '--mode=predict',
                f'--images={imgs / "*"},{imgs / "missing.jpg"}')
-  lines = dict(line.split('\t', 1) for line in r.stdout.splitlines())
+  shown, errors = read_predictions(r.stdout)
   assert r.returncode == 1  # some failed
-  label, probs = lines[str(imgs / 'good.jpg')].split('\t', 1)
-  assert label in ('face', 'comic') and f'{label}=' in probs
-  for bad in ('a_directory.jpg', 'corrupt.jpg', 'notes.png', 'huge.png', 'missing.jpg'):
-    assert lines[str(imgs / bad)].startswith('error\t'), bad
-  assert 'pixels' in lines[str(imgs / 'huge.png')]
+  label, pairs = shown[str(imgs / 'good.jpg')]
+  assert label in ('face', 'comic') and [name for name, _ in pairs] == ['comic', 'face']
+  assert set(errors) == {str(imgs / bad) for bad in ('a_directory.jpg', 'corrupt.jpg', 'notes.png', 'huge.png',
+                                                     'missing.jpg')}
+  assert 'pixels' in errors[str(imgs / 'huge.png')]
 
 
 @pytest.fixture

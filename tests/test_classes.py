@@ -9,7 +9,7 @@ from scipy import special
 
 from comicface import app, inference, input_pipeline, metrics, report, synthetic, train
 from comicface import steps as steps_lib
-from conftest import tiny_config
+from conftest import read_predictions, tiny_config
 
 
 def names_of(k: int) -> tuple[str, ...]:
@@ -186,17 +186,16 @@ def test_predict_prints_the_top_classes(k, shown, run_12, tmp_path, capsys):
   else:
     model = model_of(k, tmp_path, ('pink primrose', 'a=b', 'sweet pea'))  # a space, an '='
     assert app.print_predictions(model, [*paths, missing]) == 1
-  lines = capsys.readouterr().out.splitlines()
-  assert len(lines) == 4 and lines[-1].startswith(f'{missing}\terror\t')
+  printed, errors = read_predictions(capsys.readouterr().out)
+  assert list(printed) == paths and list(errors) == [missing]
   probs = model.predict(paths)
-  for path, row, line in zip(paths, probs, lines):
-    printed_path, label, *pairs = line.split('\t')
-    pairs = [pair.rsplit('=', 1) for pair in pairs]
-    assert printed_path == path and label == model.classes[row.argmax()] and len(pairs) == shown
+  for path, row in zip(paths, probs):
+    label, pairs = printed[path]
+    assert label == model.classes[row.argmax()] and len(pairs) == shown
     order = np.argsort(-row)[:shown] if k > 5 else range(k)
     assert k <= 5 or list(order) != list(range(shown))  # the premise: the most probable are not the first
     assert [c for c, _ in pairs] == [model.classes[i] for i in order]
-    np.testing.assert_allclose([float(p) for _, p in pairs], row[list(order)], atol=1e-4)
+    np.testing.assert_allclose([p for _, p in pairs], row[list(order)], atol=1e-4)
 
 
 @pytest.mark.slow  # a trained run of 12 classes

@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 
 from comicface import configuration, errors, imaging, input_pipeline, splits, synthetic, train
 from bench import generic_data
-from conftest import REAL_SAMPLE, tiny_config
+from conftest import REAL_SAMPLE, override, tiny_config
 from configs import folder
 
 
@@ -30,10 +30,7 @@ def folder_config(source, model='cnn', **fields):
     config.speed.predict_chunk = config.speed.cpu_slice_images = 0
   if model == 'resnet':
     config.model = {'name': 'resnet', 'widths': (8, 16), 'blocks_per_stage': 1, 'input_scaling': 'unit'}
-  for dotted, value in fields.items():
-    node, leaf = configuration.parent(config, dotted)
-    node[leaf] = value
-  return config
+  return override(config, **fields)
 
 
 @pytest.fixture(scope='module')

@@ -12,7 +12,7 @@ from PIL import Image
 import pytest
 
 from comicface import synthetic, train
-from conftest import ROOT, tiny_config
+from conftest import ROOT, read_predictions, tiny_config
 from test_reliability import run_main
 
 pytestmark = pytest.mark.slow  # main.py twice, the README's code twice
@@ -68,8 +68,8 @@ def test_the_exported_model_called_as_the_readme_shows_predicts_as_predict_does(
   (user / 'runs' / 'default').symlink_to(workdir)
   predicted = run_main(workdir, '--mode=predict', f'--images={user / "photos" / "*"}', base=[])
   assert predicted.returncode == 0, predicted.stderr[-3000:]
-  printed = {pathlib.Path(line.split('\t')[0]).name: [float(kv.rsplit('=', 1)[1]) for kv in line.split('\t')[2:]]
-             for line in predicted.stdout.splitlines()}
+  printed = {pathlib.Path(path).name: [prob for _, prob in pairs]
+             for path, (_, pairs) in read_predictions(predicted.stdout)[0].items()}
   assert sorted(printed) == names and len(names) == 24
   assert len({round(p[0], 2) for p in printed.values()}) > 4  # the premise: the images are told apart
   for blocked in (['comicface'], ['comicface', 'simplejpeg']):  # Pillow alone decodes JPEGs the same

@@ -34,13 +34,13 @@ def run_main(workdir, *flags, env=None, timeout=300, base=TINY):
                         env={**os.environ, **(env or {})}, timeout=timeout)
 
 
-def final_params(workdir):
-  """The state of the last checkpoint, on this process's first device (whatever devices
-  and processes wrote it)."""
+def final_params(workdir, step=None):
+  """(step, state) of the last checkpoint (or of `step`), on this process's first device
+  (whatever devices and processes wrote it)."""
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   ckpt = pathlib.Path(workdir) / 'checkpoints'
-  last = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+  last = step or max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
   here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with ocp.StandardCheckpointer() as c:
     stored = c.metadata(ckpt / str(last) / 'state').item_metadata
@@ -49,10 +49,10 @@ def final_params(workdir):
   return last, tree
 
 
-def assert_same_params(a, b):
-  """The last checkpoints of two workdirs hold bitwise equal states."""
+def assert_same_params(a, b, step=None):
+  """The last checkpoints (or those of `step`) of two workdirs hold bitwise equal states."""
   import jax  # pylint: disable=g-import-not-at-top
-  (step_a, ta), (step_b, tb) = final_params(a), final_params(b)
+  (step_a, ta), (step_b, tb) = final_params(a, step), final_params(b, step)
   assert step_a == step_b
   flat_a, flat_b = (jax.tree_util.tree_flatten_with_path(t)[0] for t in (ta, tb))
   assert [p for p, _ in flat_a] == [p for p, _ in flat_b] and len(flat_a) > 5

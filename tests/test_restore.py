@@ -8,7 +8,7 @@ from PIL import Image
 import pytest
 
 from comicface import imaging, inference, synthetic
-from conftest import REAL_SAMPLE
+from conftest import REAL_SAMPLE, read_predictions
 from test_reliability import TINY, run_main
 
 pytestmark = pytest.mark.slow  # each test starts main.py or trains for seconds
@@ -55,11 +55,8 @@ def test_grid_workdir_predicts_as_the_api_does(grid_workdir, tmp_path):
       paths[-1].write_bytes(data)
   r = run_main(workdir, '--mode=predict', f'--images={tmp_path / "*.jpg"}', base=[])
   assert r.returncode == 0, r.stderr[-3000:]
-  printed = {}
-  for line in r.stdout.splitlines():
-    path, label, *probs = line.split('\t')
-    printed[path] = (label, [float(kv.rsplit('=', 1)[1]) for kv in probs])
-  assert len(printed) == 6
+  printed, errors = read_predictions(r.stdout)
+  assert len(printed) == 6 and not errors
   import comicface  # pylint: disable=g-import-not-at-top
   model = comicface.load(str(workdir))
   probs = model.predict([str(p) for p in paths])
@@ -67,7 +64,7 @@ def test_grid_workdir_predicts_as_the_api_does(grid_workdir, tmp_path):
   for p, row, from_pixels in zip(paths, probs, pixels):
     label, shown = printed[str(p)]
     assert label == model.classes[int(row.argmax())]
-    np.testing.assert_allclose(row, shown, atol=1e-4)  # printed to 4 decimals
+    np.testing.assert_allclose(row, [prob for _, prob in shown], atol=1e-4)  # printed to 4 decimals
     np.testing.assert_allclose(from_pixels, row, atol=0.02)  # decoded once more from RGB pixels
 
 

@@ -129,7 +129,7 @@ def test_the_average_of_the_parameters_follows_its_recurrence_and_is_what_evalua
   state = steps.init(jax.random.PRNGKey(0))
   hparams, sums = steps.put_hparams([steps_lib.hyperparameters(config)]), steps.put_sums(1)
   ema = jax.device_get(state['params'])
-  np.testing.assert_array_equal(jax.tree.leaves(ema)[0], jax.tree.leaves(jax.device_get(state['ema_params']))[0])
+  jax.tree.map(np.testing.assert_array_equal, ema, jax.device_get(state['ema_params']))
   for i in range(3):
     state, sums = steps.train(state, hparams, steps.device_put({k: v[i:i + 1] for k, v in host.items()}, block=True),
                               sums)
@@ -138,9 +138,10 @@ def test_the_average_of_the_parameters_follows_its_recurrence_and_is_what_evalua
   images = jax.device_put(host['image'][0], steps.data)
   plain = {k: v for k, v in state.items() if k != 'ema_params'}
   averaged, raw = ({**plain, 'params': p} for p in (state['ema_params'], state['params']))
-  np.testing.assert_array_equal(steps.eval(state, images), make(tiny_config()).eval(averaged, images))
-  assert not np.allclose(steps.eval(state, images), make(tiny_config()).eval(raw, images))
-  np.testing.assert_allclose(steps.predict(state, images), make(tiny_config()).predict(averaged, images), rtol=1e-6)
+  without_average, evaluated = make(tiny_config()), steps.eval(state, images)
+  np.testing.assert_array_equal(evaluated, without_average.eval(averaged, images))
+  assert not np.allclose(evaluated, without_average.eval(raw, images))
+  np.testing.assert_allclose(steps.predict(state, images), without_average.predict(averaged, images), rtol=1e-6)
 
 
 @pytest.mark.slow  # compiles several steps of each kind

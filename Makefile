@@ -27,7 +27,7 @@ test: install  # two workers: the tests wait on their main.py processes and on s
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-fast: install  # a loop of about a minute and a half: the tests not marked slow, on two workers
-	$(PY) -m pytest -q -n 2 -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check --select F,E9 --line-length 110 .

@@ -214,6 +214,7 @@ def test_evaluate_another_folder_of_the_same_classes(run_12, tmp_path, capsys):
   assert not (tmp_path / 'data3').exists()  # refused before building
 
 
+@pytest.mark.slow  # a trained run of 12 classes
 def test_export_names_the_classes(run_12):
   workdir, _ = run_12
   assert app.run(None, str(workdir), 'export') == 0
